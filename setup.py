@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dashjax",
+    version="0.1.0",
+    description="JAX-native RL for reasoning LMs with verifiable rewards: DASH (preemptive sampling + gradient filtering) and baselines",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dashjax", "dashjax.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "transformers>=4.56",
+        "datasets",
+        "ml-collections",
+        "tensorboardX",
+        "safetensors",
+        "gguf>=0.17",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        # torch is used only by parity tests against transformers' PyTorch models (CPU build).
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0"],
+    },
+    entry_points={
+        "console_scripts": [
+            "dashjax-generate=dashjax.cli.generate:main",
+        ],
+    },
+)
