@@ -22,10 +22,12 @@ setup(
         "numpy",
         "tqdm",
         "matplotlib",
+        "math-verify>=0.7",
+        "reasoning-gym>=0.1.20",
     ],
     extras_require={
         # torch is used only by parity tests against transformers' PyTorch models (CPU build).
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "accelerate"],
     },
     entry_points={
         "console_scripts": [

@@ -37,7 +37,7 @@ class ModelConfig:
   rope_theta: float = 10000.0
   # Hashable form of the scaling parameters: (("factor", 8.0), ...); empty for plain RoPE.
   rope_type: str = "default"
-  rope_scaling: tuple[tuple[str, float], ...] = ()
+  rope_scaling: tuple[tuple[str, float | int], ...] = ()
   tie_word_embeddings: bool = False
   qkv_bias: bool = False  # Qwen2/2.5
   qk_norm: bool = False  # Qwen3
@@ -55,7 +55,7 @@ class ModelConfig:
       raise ValueError(f"rope_type={self.rope_type!r} is not supported; use one of {SUPPORTED_ROPE_TYPES}")
 
   @property
-  def rope_scaling_dict(self) -> dict[str, float]:
+  def rope_scaling_dict(self) -> dict[str, float | int]:
     return dict(self.rope_scaling)
 
   @classmethod
@@ -72,7 +72,9 @@ class ModelConfig:
     rope = dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
     theta = rope.pop("rope_theta", None) or getattr(hf_config, "rope_theta", None) or 10000.0
     rope_type = rope.pop("rope_type", None) or rope.pop("type", None) or "default"
-    scaling = tuple(sorted((k, float(v)) for k, v in rope.items() if isinstance(v, (int, float))))
+    # Integers stay integers: transformers rejects e.g. original_max_position_embeddings=32.0 on save.
+    scaling = tuple(sorted((k, v if isinstance(v, int) else float(v)) for k, v in rope.items()
+                           if isinstance(v, (int, float))))
     heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
     eos = hf_config.eos_token_id

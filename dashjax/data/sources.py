@@ -1,0 +1,275 @@
+"""Data sources -> lists of `Example`: reasoning-gym tasks, local files, Hugging Face hub datasets.
+
+`load_examples(cfg.data)` builds the (train, held-out) pair for a run from its config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any, Iterable
+
+import numpy as np
+
+from dashjax.data.examples import Example, jsonable
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet",
+                ".csv": "csv", ".arrow": "arrow"}
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
+# reasoning-gym seeds item i with Random(seed + i) and some tasks use np.random.seed(seed + i) (< 2**32).
+_GYM_SEED_RANGE = 2**31
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reasoning-gym
+
+
+def _gym_dataset(task: str, size: int, seed: int, task_kwargs: dict):
+  import reasoning_gym
+
+  names = sorted(reasoning_gym.factory.DATASETS)
+  if task not in names:
+    close = difflib.get_close_matches(task, names, n=5)
+    hint = f"did you mean {close}? " if close else ""
+    raise ValueError(f"unknown reasoning-gym task {task!r}; {hint}valid names include {names[:8]} ... "
+                     f"({len(names)} in all, see reasoning_gym.factory.DATASETS)")
+  try:
+    return reasoning_gym.create_dataset(task, size=size, seed=seed, **task_kwargs)
+  except (TypeError, ValueError, AssertionError) as e:
+    raise ValueError(f"reasoning-gym task {task!r} rejected its settings {task_kwargs}: {e}") from e
+
+
+def _gym_example(task: str, seed: int, idx: int, entry: dict) -> Example:
+  answer = entry.get("answer")
+  # Some tasks (graph_color, rush_hour, ...) have no single gold string: their scorer verifies from the metadata.
+  return Example(problem=str(entry["question"]), answer="" if answer is None else str(answer), task=task,
+                 meta=jsonable(entry), uid=f"{task}/{seed}/{idx}")
+
+
+def gym_examples(task: str, size: int, seed: int, **task_kwargs) -> list[Example]:
+  """`size` examples of a reasoning-gym task, as `reasoning_gym.create_dataset(task, size=, seed=, **task_kwargs)`.
+
+  Note reasoning-gym draws item i from Random(seed + i), so seeds s and s + 1 give shifted copies of nearly the same
+  items; `load_examples` therefore hashes the run seed into far-apart gym seeds.
+  """
+  if size < 0:
+    raise ValueError(f"size must be >= 0, got {size}")
+  ds = _gym_dataset(task, size, seed, task_kwargs)
+  return [_gym_example(task, seed, i, ds[i]) for i in range(size)]
+
+
+def _gym_heldout(task: str, size: int, seed: int, task_kwargs: dict, exclude: set[str]) -> list[Example]:
+  """`size` distinct gym items whose question text is not in `exclude` (the training questions)."""
+  # Small task spaces (e.g. 1-digit sums) collide often; scan past collisions, but give up rather than loop forever.
+  budget = 8 * size + 1000
+  ds = _gym_dataset(task, budget, seed, task_kwargs)
+  out, seen = [], set()
+  for i in range(budget):
+    ex = _gym_example(task, seed, i, ds[i])
+    if ex.problem in exclude or ex.problem in seen:
+      continue
+    seen.add(ex.problem)
+    out.append(ex)
+    if len(out) == size:
+      return out
+  raise ValueError(f"reasoning-gym task {task!r} with {task_kwargs} gave only {len(out)} distinct held-out questions "
+                   f"not in the training set out of {budget} drawn (wanted data.heldout_size={size}); the task's "
+                   "question space is too small: lower data.heldout_size / data.train_size or widen data.task_kwargs")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables (files and hub)
+
+
+def _rows_to_examples(rows: Iterable[Mapping], columns: list[str], problem_field: str, answer_field: str, task: str,
+                      uid_prefix: str, where: str) -> list[Example]:
+  for role, field in (("problem", problem_field), ("answer", answer_field)):
+    if field not in columns:
+      raise KeyError(f"{where} has no {role} field {field!r} (set data.{role}_field); available columns: {columns}")
+  out, empty, no_answer = [], 0, 0
+  for i, row in enumerate(rows):
+    problem = row[problem_field]
+    if problem is None or not str(problem).strip():
+      empty += 1
+      continue
+    answer = row[answer_field]
+    answer = "" if answer is None else str(answer)
+    no_answer += not answer.strip()
+    uid = next((str(row[k]) for k in ("unique_id", "uid", "id") if k in row and row[k] is not None),
+               f"{uid_prefix}/{i}")
+    out.append(Example(problem=str(problem), answer=answer, task=task, meta=jsonable(dict(row)), uid=uid))
+  if not out:
+    raise ValueError(f"{where}: all {empty} rows have an empty {problem_field!r} field")
+  if empty:
+    warnings.warn(f"{where}: skipped {empty} of {empty + len(out)} rows with an empty {problem_field!r} field")
+  if no_answer:
+    warnings.warn(f"{where}: {no_answer} of {len(out)} examples have an empty {answer_field!r} (gold) field")
+  return out
+
+
+def _file_format(path) -> str:
+  first = path[0] if isinstance(path, (list, tuple)) else path
+  name = os.fspath(first).lower()
+  for comp in _COMPRESSION:
+    if name.endswith(comp):
+      name = name[:-len(comp)]
+  fmt = FILE_FORMATS.get(os.path.splitext(name)[1])
+  if fmt is None:
+    raise ValueError(f"cannot tell the format of {os.fspath(first)!r} from its extension; "
+                     f"supported: {sorted(FILE_FORMATS)} (optionally compressed)")
+  return fmt
+
+
+def file_examples(path, problem_field: str = "problem", answer_field: str = "answer", split: str = "train",
+                  task: str = "math") -> list[Example]:
+  """Examples from local jsonl/json/parquet/csv files via `datasets.load_dataset(<format>, data_files=...)`.
+
+  `path` is a file, a glob or a list of them (all one split), or a dict {split: files} from which `split` is taken.
+  Rows with an empty problem are skipped with a warning saying how many. A `unique_id`/`uid`/`id` column, if present,
+  becomes the example uid.
+  """
+  import datasets
+
+  files = {k: _as_files(v) for k, v in path.items()} if isinstance(path, Mapping) else {split: _as_files(path)}
+  if split not in files:
+    raise KeyError(f"split {split!r} not in the files given ({sorted(files)})")
+  fmt = _file_format(files[split])
+  for f in files[split]:
+    if not any(c in f for c in "*?[") and not os.path.exists(f):
+      raise FileNotFoundError(f"data file not found: {f}")
+  ds = datasets.load_dataset(fmt, data_files=files, split=split)
+  stem = os.path.basename(files[split][0]).split(".")[0]
+  return _rows_to_examples(ds, ds.column_names, problem_field, answer_field, task, f"{stem}/{split}",
+                           f"file {files[split] if len(files[split]) > 1 else files[split][0]!r}")
+
+
+def _as_files(p) -> list[str]:
+  return [os.fspath(x) for x in p] if isinstance(p, (list, tuple)) else [os.fspath(p)]
+
+
+def hub_examples(name: str, split: str, problem_field: str = "problem", answer_field: str = "answer",
+                 config: str | None = None, task: str = "math") -> list[Example]:
+  """Examples from a Hugging Face hub dataset (needs network, or a dataset already in the local `datasets` cache)."""
+  import datasets
+
+  try:
+    ds = datasets.load_dataset(name, config, split=split)
+  except (ConnectionError, OSError) as e:  # OfflineModeIsEnabled / DatasetNotFoundError land here
+    raise RuntimeError(
+        f"could not load hub dataset {name!r} (config {config!r}, split {split!r}): {e}. Without network access, "
+        "save the data as local jsonl/parquet files and use data.source='file' with data.path "
+        "(and data.heldout_path)") from e
+  where = f"hub dataset {name!r} split {split!r}"
+  return _rows_to_examples(ds, ds.column_names, problem_field, answer_field, task,
+                           f"{name.rsplit('/', 1)[-1]}/{split}", where)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config-driven loading
+
+
+def _get(cfg, name: str, default: Any = None) -> Any:
+  # Works for ml_collections.ConfigDict, plain dicts and simple namespaces; None means "unset".
+  value = cfg.get(name, default) if isinstance(cfg, Mapping) else getattr(cfg, name, default)
+  return default if value is None else value
+
+
+def _as_dict(x) -> dict:
+  if x is None:
+    return {}
+  return x.to_dict() if hasattr(x, "to_dict") else dict(x)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+  """A seed for one named data stream ("train", "heldout", ...) of run seed `seed`, far from other streams' seeds."""
+  digest = hashlib.sha256(f"dashjax/{stream}/{int(seed)}".encode()).digest()
+  return int.from_bytes(digest[:8], "little") % _GYM_SEED_RANGE
+
+
+def _subset(examples: list[Example], n: int, rng: np.random.Generator) -> list[Example]:
+  """A random subset of size n that keeps the original order (file order is often meaningful, e.g. by subject)."""
+  if n >= len(examples):
+    return examples
+  keep = np.sort(rng.choice(len(examples), size=n, replace=False))
+  return [examples[i] for i in keep]
+
+
+def _split_tables(train: list[Example], heldout: list[Example] | None, train_size: int, heldout_size: int,
+                  seed: int) -> tuple[list[Example], list[Example]]:
+  rng = np.random.default_rng(stream_seed(seed, "split"))
+  if heldout is None:  # no held-out file/split given: carve one off the training data
+    if heldout_size >= len(train):
+      raise ValueError(f"data.heldout_size={heldout_size} leaves no training data ({len(train)} examples)")
+    is_heldout = np.zeros(len(train), bool)
+    is_heldout[rng.choice(len(train), size=heldout_size, replace=False)] = True
+    heldout = [ex for ex, h in zip(train, is_heldout) if h]
+    train = [ex for ex, h in zip(train, is_heldout) if not h]
+  elif heldout_size:
+    heldout = _subset(heldout, heldout_size, rng)
+  # Duplicated problems (within a file or across train/test files) would leak held-out questions into training.
+  held = {ex.problem for ex in heldout}
+  clean = [ex for ex in train if ex.problem not in held]
+  if len(clean) < len(train):
+    warnings.warn(f"dropped {len(train) - len(clean)} training examples whose problem text is also held out")
+  if not clean:
+    raise ValueError("no training examples left after removing held-out problems")
+  if train_size:
+    clean = _subset(clean, train_size, rng)
+  return clean, heldout
+
+
+def load_examples(data_cfg) -> tuple[list[Example], list[Example]]:
+  """(train, held-out) examples for a run, from the `data` config section (a whole config with `.data` also works).
+
+  Fields: source ("gym" | "file" | "hub"), seed, train_size, heldout_size;
+    gym: task, task_kwargs. Train and held-out come from different (hashed) gym seeds, and held-out questions that
+      also occur in train are skipped (and held-out is deduplicated), so the two never share a question text.
+    file: path, heldout_path; hub: name, config, split (default "train"), heldout_split;
+      both: problem_field, answer_field, task (the reward checker, default "math"). Without a held-out file/split, a
+      seeded random heldout_size subset of the training data is held out. train_size / heldout_size of 0 or None
+      mean "all" for tables (train_size is required for gym). Training problems equal to a held-out problem are
+      dropped with a warning.
+  """
+  d = data_cfg.data if _get(data_cfg, "source") is None and _get(data_cfg, "data") is not None else data_cfg
+  source = _get(d, "source", "gym")
+  seed = int(_get(d, "seed", 0))
+  train_size = int(_get(d, "train_size", 0))
+  heldout_size = int(_get(d, "heldout_size", 0))
+  if train_size < 0 or heldout_size < 0:
+    raise ValueError(f"data.train_size ({train_size}) and data.heldout_size ({heldout_size}) must be >= 0")
+
+  if source == "gym":
+    task = _get(d, "task")
+    if not task:
+      raise ValueError("data.source='gym' needs data.task (a reasoning-gym task name, e.g. 'basic_arithmetic')")
+    if train_size < 1:
+      raise ValueError(f"data.source='gym' needs data.train_size >= 1, got {train_size}")
+    kwargs = _as_dict(_get(d, "task_kwargs"))
+    train = gym_examples(task, train_size, stream_seed(seed, "train"), **kwargs)
+    heldout = (_gym_heldout(task, heldout_size, stream_seed(seed, "heldout"), kwargs, {ex.problem for ex in train})
+               if heldout_size else [])
+    return train, heldout
+
+  fields = dict(problem_field=_get(d, "problem_field", "problem"), answer_field=_get(d, "answer_field", "answer"),
+                task=_get(d, "task", "math"))
+  if source == "file":
+    path = _get(d, "path")
+    if not path:
+      raise ValueError("data.source='file' needs data.path (a local jsonl/json/parquet/csv file)")
+    train = file_examples(path, **fields)
+    hpath = _get(d, "heldout_path")
+    heldout = file_examples(hpath, **fields) if hpath else None
+  elif source == "hub":
+    name = _get(d, "name")
+    if not name:
+      raise ValueError("data.source='hub' needs data.name (a Hugging Face dataset id)")
+    config = _get(d, "config") or None
+    train = hub_examples(name, _get(d, "split", "train"), config=config, **fields)
+    hsplit = _get(d, "heldout_split")
+    heldout = hub_examples(name, hsplit, config=config, **fields) if hsplit else None
+  else:
+    raise ValueError(f"unknown data.source {source!r}; use 'gym', 'file' or 'hub'")
+  return _split_tables(train, heldout, train_size, heldout_size, seed)

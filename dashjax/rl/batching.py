@@ -1,0 +1,121 @@
+"""Host-side assembly of learner batches: rows from rollouts, exact loss weights, filtering and packing.
+
+Because every rollout of an update is known before backprop, each token's weight in the full-batch loss is computed
+here once. A micro-batch's loss is then its exact share of the full-batch loss, so accumulating micro-batch
+gradients reproduces the full-batch gradient whatever the micro-batch size, and dropping rows changes nothing but
+those rows' own terms (with normalization="sampled").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "constant_length")
+NORMALIZATIONS = ("sampled", "kept")
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+  """R = P * G sampled rows, prompt-major, as host numpy arrays."""
+
+  tokens_RxS: np.ndarray  # int32 prompt (left-padded to Tp) followed by the completion (right-padded to N)
+  valid_RxS: np.ndarray  # bool: real prompt tokens and generated tokens up to each row's length
+  completion_mask_RxN: np.ndarray  # float32: 1 on generated tokens (the EOS included)
+  sampler_logprobs_RxN: np.ndarray  # float32 log-probs under the distribution the sampler drew from
+  prompt_len: int  # Tp, the padded prompt width
+
+  @property
+  def num_rows(self):
+    return self.tokens_RxS.shape[0]
+
+  def take(self, rows) -> "RolloutBatch":
+    return RolloutBatch(self.tokens_RxS[rows], self.valid_RxS[rows], self.completion_mask_RxN[rows],
+                        self.sampler_logprobs_RxN[rows], self.prompt_len)
+
+  @staticmethod
+  def concat(parts: list["RolloutBatch"]) -> "RolloutBatch":
+    return RolloutBatch(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                          ("tokens_RxS", "valid_RxS", "completion_mask_RxN", "sampler_logprobs_RxN")),
+                        parts[0].prompt_len)
+
+
+def rollout_batch(prompt_tokens_PxT, prompt_valid_PxT, group_size, completion_BxN, logprobs_BxN,
+                  lengths_B) -> RolloutBatch:
+  """Joins each prompt (repeated for its G rows) with its sampled completions."""
+  completion = np.asarray(completion_BxN, np.int32)
+  n = completion.shape[1]
+  mask = (np.arange(n)[None, :] < np.asarray(lengths_B)[:, None])
+  tokens = np.concatenate([np.repeat(np.asarray(prompt_tokens_PxT, np.int32), group_size, 0), completion], axis=1)
+  valid = np.concatenate([np.repeat(np.asarray(prompt_valid_PxT, bool), group_size, 0), mask], axis=1)
+  logprobs = np.where(mask, np.asarray(logprobs_BxN, np.float32), 0.0).astype(np.float32)
+  return RolloutBatch(tokens, valid, mask.astype(np.float32), logprobs, prompt_tokens_PxT.shape[1])
+
+
+def token_weights(mask_RxN: np.ndarray, counted_R: np.ndarray, aggregation: str) -> np.ndarray:
+  """Each token's weight in the update's loss; rows outside `counted_R` get 0.
+
+  token_mean: 1 / (tokens of the counted rows); seq_mean: 1 / (row length * counted rows);
+  constant_length: 1 / (N * counted rows), the Dr. GRPO / paper choice, independent of response lengths.
+  """
+  if aggregation not in LOSS_AGGREGATIONS:
+    raise ValueError(f"rl.loss_aggregation={aggregation!r} is not one of {LOSS_AGGREGATIONS}")
+  mask = mask_RxN * counted_R[:, None]
+  rows = max(int(counted_R.sum()), 1)
+  if aggregation == "token_mean":
+    w = mask / max(float(mask.sum()), 1.0)
+  elif aggregation == "seq_mean":
+    w = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1.0) / rows
+  else:
+    w = mask / (mask.shape[1] * rows)
+  return w.astype(np.float32)
+
+
+def keep_mask(adv_R: np.ndarray, threshold: float | None) -> np.ndarray:
+  """Gradient filtering: keep rows with |advantage| > threshold (None keeps every row)."""
+  if threshold is None:
+    return np.ones(adv_R.shape, bool)
+  return np.abs(adv_R) > threshold
+
+
+@dataclasses.dataclass
+class MicroBatches:
+  """Fixed-shape micro-batches stacked on a leading axis: arrays [num_micro, M, ...]."""
+
+  tokens: np.ndarray
+  valid: np.ndarray
+  weights: np.ndarray  # per-token loss weights, 0 on padding rows
+  adv: np.ndarray
+  row_mask: np.ndarray  # False on rows added only to fill the last micro-batch
+  old_logprobs: np.ndarray
+
+  @property
+  def num_micro(self):
+    return self.tokens.shape[0]
+
+  def __getitem__(self, i) -> dict:
+    return {f.name: getattr(self, f.name)[i] for f in dataclasses.fields(self)}
+
+
+def pack_micro_batches(batch: RolloutBatch, adv_R, weights_RxN, rows_R, micro_batch_size: int) -> MicroBatches:
+  """Packs the given rows into ceil(len/M) micro-batches of exactly M rows.
+
+  The last one is filled with copies of a real row whose weights and advantages are 0 and whose row_mask is False,
+  so shapes never change (no recompilation) and the filler contributes exactly nothing.
+  """
+  rows_R = np.asarray(rows_R, np.int64)
+  num_micro = -(-len(rows_R) // micro_batch_size)
+  fill = num_micro * micro_batch_size - len(rows_R)
+  filler = rows_R[:1] if len(rows_R) else np.zeros(1, np.int64)
+  idx = np.concatenate([rows_R, np.repeat(filler, fill)])
+  real = np.arange(len(idx)) < len(rows_R)
+
+  def stack(x):
+    return x.reshape(num_micro, micro_batch_size, *x.shape[1:])
+
+  return MicroBatches(
+      tokens=stack(batch.tokens_RxS[idx]), valid=stack(batch.valid_RxS[idx]),
+      weights=stack(np.where(real[:, None], weights_RxN[idx], 0.0).astype(np.float32)),
+      adv=stack(np.where(real, adv_R[idx], 0.0).astype(np.float32)), row_mask=stack(real),
+      old_logprobs=stack(batch.sampler_logprobs_RxN[idx]))
