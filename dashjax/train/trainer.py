@@ -1,0 +1,268 @@
+"""The training loop: sample, score, filter, update; evaluate, log and checkpoint.
+
+Algorithms (`rl.algo`), all from one loop:
+  dash       one sampling pass of P*G rows per update, in calls of `sampling.batch_size` rows; rows with
+             |advantage| <= rl.filter_threshold are dropped before backprop and the rest packed into fewer
+             micro-batches.
+  pg         the same without filtering (preemptive sampling alone).
+  grpo       the paper's standard implementation: the sampler is called once per micro-batch, with micro-batch-sized
+             batches, and gradients accumulate to one update.
+  ppo_multi  one sampling pass, then rl.epochs_per_batch updates over all rows with clipped ratios against the
+             sampler's log-probs.
+  ppo_mini   one sampling pass split into rl.updates_per_batch mini-batches of whole groups, one update each.
+`train.num_steps` counts sampled batches; each is one optimizer update except for the PPO variants.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dashjax.config import validate
+from dashjax.data import PromptFormatter, PromptIterator, load_examples
+from dashjax.models.loading import load_model
+from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, make_mesh, param_shardings
+from dashjax.rewards import RewardPool
+from dashjax.rl.advantages import group_advantages
+from dashjax.rl.batching import keep_mask
+from dashjax.sampling import Sampler, SamplingConfig
+from dashjax.sampling.generate import eos_ids_for
+from dashjax.train.checkpoint import Checkpointer
+from dashjax.train.evaluate import Evaluator
+from dashjax.train.learner import Learner, LossConfig, make_optimizer
+from dashjax.train.metrics import MetricsWriter, plot_curve
+from dashjax.train.rollouts import RolloutCollector
+from dashjax.train.update import Updater, UpdateResult
+
+log = logging.getLogger("dashjax")
+
+
+class Trainer:
+  def __init__(self, config, workdir: str, *, resume: bool = False, model_and_tokenizer=None):
+    self.config, self.workdir = config, workdir
+    self.plan = validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    c, plan = config, self.plan
+    self.mesh = make_mesh(plan.mesh_shape)
+    model, self.tokenizer = model_and_tokenizer or load_model(c.model.source, dtype=c.model.dtype)
+    self.graphdef, params = nnx.split(model)
+    self.learner_shardings = param_shardings(params, self.mesh, LEARNER_RULES)
+    self.sampler_shardings = param_shardings(params, self.mesh, SAMPLER_RULES)
+    self.params = jax.device_put(params, self.learner_shardings)
+
+    self.formatter = PromptFormatter(self.tokenizer, template=c.data.template, instruction=c.data.instruction,
+                                     max_prompt_tokens=c.data.max_prompt_tokens)
+    train, heldout = load_examples(c.data)
+    self.train_examples = self._fitting(train, "training")
+    self.heldout = self._fitting(heldout, "held-out")[:c.eval.num_prompts]
+    self.iterator = PromptIterator(self.train_examples, c.rl.prompts_per_step, c.data.seed)
+    self.pool = RewardPool(num_workers=c.reward.workers, timeout_s=c.reward.timeout_s)
+    self.eos_ids = eos_ids_for(model, self.tokenizer)
+    sampler = Sampler(self.graphdef, SamplingConfig(
+        max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature, top_k=c.sampling.top_k,
+        top_p=c.sampling.top_p, samples_per_prompt=c.rl.samples_per_prompt, share_prefix=c.sampling.share_prefix,
+        eos_ids=self.eos_ids, pad_id=self.formatter.pad_id))
+    self.collector = RolloutCollector(sampler, self.formatter, self.tokenizer, self.pool, c.reward.fn,
+                                      c.rl.samples_per_prompt, plan.sampler_rows, self.mesh)
+
+    updates_total = c.train.num_steps * plan.updates_per_batch * plan.epochs_per_batch
+    self.optimizer = make_optimizer(c.train.learning_rate, updates_total, warmup_steps=c.train.warmup_steps,
+                                    schedule=c.train.lr_schedule, weight_decay=c.train.weight_decay,
+                                    max_grad_norm=c.train.max_grad_norm)
+    self.opt_state = jax.jit(self.optimizer.init)(self.params)
+    loss_cfg = LossConfig(temperature=c.sampling.temperature, on_policy=c.rl.algo not in ("ppo_multi", "ppo_mini"),
+                          clip_eps=c.rl.clip_eps, kl_beta=c.rl.kl_beta, kl_estimator=c.rl.kl_estimator)
+    self.learner = Learner(self.graphdef, self.optimizer, loss_cfg, c.data.max_prompt_tokens,
+                           param_shardings=self.learner_shardings)
+    self.updater = Updater(self.learner, self.mesh, plan.micro_batch_size, c.rl.loss_aggregation,
+                           c.rl.filter_normalization)
+    # The KL reference is the initial policy; with kl_beta == 0 it is never kept nor run.
+    self.ref_params = jax.tree.map(jnp.copy, self.params) if c.rl.kl_beta > 0 else None
+    self._evaluator = None
+
+    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints)
+    self.step = 0
+    self.resumed = False
+    if resume and self.checkpointer.latest_step() is not None:
+      self.params, self.opt_state, meta = self.checkpointer.restore(self.params, self.opt_state)
+      self.step = int(meta["step"])
+      self.iterator.restore(meta["data"])
+      self.resumed = True
+      log.info("resumed from step %d (%s)", self.step, self.checkpointer.directory)
+    self.metrics = MetricsWriter(workdir, resume_step=self.step if self.resumed else None)
+    self._stop_requested = False
+
+  def _fitting(self, examples, what):
+    ok = self.formatter.fits(examples)
+    kept = [e for e, f in zip(examples, ok) if f]
+    if len(kept) < len(examples):
+      log.warning("dropped %d %s examples longer than data.max_prompt_tokens=%d", len(examples) - len(kept), what,
+                  self.config.data.max_prompt_tokens)
+    if not kept:
+      raise ValueError(f"no {what} example fits in data.max_prompt_tokens={self.config.data.max_prompt_tokens}")
+    return kept
+
+  # --- one step ---------------------------------------------------------------------------------------------
+
+  def sampler_params(self):
+    """The learner's parameters laid out for the sampler (no copy when the two layouts agree)."""
+    return jax.device_put(self.params, self.sampler_shardings)
+
+  def train_step(self) -> dict:
+    c, plan = self.config, self.plan
+    G, R = c.rl.samples_per_prompt, plan.rows_per_batch
+    t_step = time.perf_counter()
+    key = jax.random.fold_in(jax.random.key(c.train.seed), self.step)
+    examples = self.iterator.next_batch()
+    result = UpdateResult(self.params, self.opt_state)
+    rewards, kept, truncated, lengths, timed_out = [], 0, [], [], 0
+    sample_s = reward_s = 0.0
+    calls = 0
+    if c.rl.algo == "grpo":
+      # Standard GRPO: sample a micro-batch, score it, backprop it; repeat; one update at the end.
+      grads = self.learner.zero_grads(self.params)
+      per_call = plan.sampler_rows // G
+      sp = self.sampler_params()
+      for i in range(0, len(examples), per_call):
+        sc = self.collector.collect(sp, examples[i:i + per_call], jax.random.fold_in(key, i))
+        adv = group_advantages(sc.rewards, G, c.rl.advantage)
+        rows = np.arange(sc.batch.num_rows)
+        # Normalized over the R rows of the whole update (exact for seq_mean/constant_length; token_mean uses this
+        # micro-batch's token count, as standard implementations do, since later micro-batches are not sampled yet).
+        weights = self.updater.weights(sc.batch, rows, rows) * (sc.batch.num_rows / R)
+        t0 = time.perf_counter()
+        grads = self.updater.accumulate(self.params, grads, self.ref_params, sc.batch, adv, weights, rows, result)
+        result.seconds += time.perf_counter() - t0
+        sample_s, reward_s, calls = sample_s + sc.sample_s, reward_s + sc.reward_s, calls + sc.sampler_calls
+        rewards.append(sc.rewards), truncated.append(sc.truncated), lengths.append(sc.batch.completion_mask_RxN.sum(1))
+        timed_out += int(sc.timed_out.sum())
+      t0 = time.perf_counter()
+      self.params, self.opt_state, norm = self.learner.apply(self.params, self.opt_state, grads)
+      result.grad_norm, result.updates = float(norm), 1
+      jax.block_until_ready(self.params)
+      result.seconds += time.perf_counter() - t0
+      kept = R
+    else:
+      sc = self.collector.collect(self.sampler_params(), examples, key)
+      sample_s, reward_s, calls = sc.sample_s, sc.reward_s, sc.sampler_calls
+      rewards, truncated, lengths = [sc.rewards], [sc.truncated], [sc.batch.completion_mask_RxN.sum(1)]
+      timed_out = int(sc.timed_out.sum())
+      adv = group_advantages(sc.rewards, G, c.rl.advantage)
+      all_rows = np.arange(R)
+      if c.rl.algo in ("dash", "pg"):
+        keep = keep_mask(adv, c.rl.filter_threshold if plan.filtering else None)
+        rows = np.flatnonzero(keep)
+        kept = len(rows)
+        self.params, self.opt_state = self.updater.step(self.params, self.opt_state, self.ref_params, sc.batch, adv,
+                                                        rows, all_rows, result)
+      elif c.rl.algo == "ppo_multi":
+        kept = R
+        for _ in range(plan.epochs_per_batch):
+          self.params, self.opt_state = self.updater.step(self.params, self.opt_state, self.ref_params, sc.batch,
+                                                          adv, all_rows, all_rows, result)
+      else:  # ppo_mini
+        kept = R
+        for rows in np.split(all_rows, plan.updates_per_batch):
+          self.params, self.opt_state = self.updater.step(self.params, self.opt_state, self.ref_params, sc.batch,
+                                                          adv, rows, rows, result)
+    self.step += 1
+    rewards, truncated, lengths = np.concatenate(rewards), np.concatenate(truncated), np.concatenate(lengths)
+    s = result.stats
+    gen_tokens = float(lengths.sum())
+    return {
+        "step": self.step, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+        "kept_fraction": kept / R, "micro_steps": result.micro_steps, "sampler_calls": calls,
+        "optimizer_updates": result.updates, "update_skipped": result.skipped,
+        "sample_s": sample_s, "reward_s": reward_s, "update_s": result.seconds,
+        "step_s": time.perf_counter() - t_step, "tokens_per_s": gen_tokens / max(sample_s, 1e-9),
+        "response_len": float(lengths.mean()), "truncated_fraction": float(truncated.mean()),
+        "kl": (s["kl"] / s["weight"]) if c.rl.kl_beta > 0 and s["weight"] > 0 else None,
+        "pg_loss": s["pg_loss"], "clip_frac": (s["clip_frac"] / s["weight"]) if s["weight"] > 0 else 0.0,
+        "grad_norm": result.grad_norm if result.updates else None, "reward_timeouts": timed_out,
+        "epoch": self.iterator.epoch,
+    }
+
+  # --- evaluation, checkpoints, the loop --------------------------------------------------------------------
+
+  def evaluate(self, seed: int = 1234) -> dict:
+    c = self.config
+    if self._evaluator is None:
+      self._evaluator = Evaluator(
+          self.graphdef, self.formatter, self.tokenizer, self.pool, c.reward.fn, samples=c.eval.samples,
+          temperature=c.eval.temperature, max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
+          batch_size=c.eval.batch_size, eos_ids=self.eos_ids, pad_id=self.formatter.pad_id, mesh=self.mesh)
+    out = self._evaluator(self.sampler_params(), self.heldout, seed)
+    record = {k: v for k, v in out.items() if k != "texts"}
+    record["step"] = self.step
+    with open(os.path.join(self.workdir, "eval.jsonl"), "a") as f:
+      import json
+
+      f.write(json.dumps(record) + "\n")
+    return out
+
+  def save(self):
+    self.checkpointer.save(self.step, self.params, self.opt_state,
+                           {"step": self.step, "data": self.iterator.state(), "seed": int(self.config.train.seed)})
+
+  def request_stop(self, *_):
+    self._stop_requested = True
+
+  def run(self, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Trains to train.num_steps (or `stop_at`), evaluating before/after; returns a summary."""
+    from tqdm.auto import tqdm
+
+    c = self.config
+    summary = {"workdir": self.workdir}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
+    signal.signal(signal.SIGTERM, self.request_stop)
+    try:
+      if c.eval.before and not self.resumed:
+        summary["before"] = self._eval_and_report("before training")
+      end = c.train.num_steps if stop_at is None else min(stop_at, c.train.num_steps)
+      bar = tqdm(total=c.train.num_steps, initial=self.step, disable=not progress, desc=f"{c.rl.algo}",
+                 dynamic_ncols=True)
+      while self.step < end:
+        m = self.train_step()
+        self.metrics.write(m)
+        bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kept=f"{m['kept_fraction']:.2f}",
+                        s=f"{m['step_s']:.1f}")
+        bar.update(1)
+        if c.eval.every and self.step % c.eval.every == 0 and self.step < c.train.num_steps:
+          self._eval_and_report(f"step {self.step}")
+        if self._stop_requested:
+          self.save()
+          bar.close()
+          print(f"\nstopped by SIGTERM after step {self.step}; checkpoint saved in {self.checkpointer.directory}; "
+                f"continue with --resume", flush=True)
+          summary["stopped_at"] = self.step
+          return summary
+        if c.train.checkpoint_every and self.step % c.train.checkpoint_every == 0:
+          self.save()
+      bar.close()
+      if self.checkpointer.latest_step() != self.step:
+        self.save()
+      if self.step >= c.train.num_steps and c.eval.after:
+        summary["after"] = self._eval_and_report("after training")
+      summary["curve"] = plot_curve(self.workdir, title=f"{c.rl.algo} on {c.data.task} ({c.model.source})")
+      return summary
+    finally:
+      for s, h in previous.items():
+        signal.signal(s, h)
+
+  def _eval_and_report(self, when: str) -> dict:
+    out = self.evaluate()
+    print(f"held-out accuracy {when}: {out['accuracy']:.3f} +/- {out['stderr']:.3f} (mean@{out['samples']} over "
+          f"{out['num_prompts']} prompts, {out['seconds']:.0f}s)", flush=True)
+    return {k: v for k, v in out.items() if k != "texts"}
+
+  def close(self):
+    self.metrics.close()
+    self.pool.close()
+    self.checkpointer.close()

@@ -1,0 +1,163 @@
+"""Advantages, losses and micro-batching: numbers against formulas and against the full-batch computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dashjax.models import ModelConfig, Transformer
+from dashjax.rl.advantages import group_advantages
+from dashjax.rl.batching import RolloutBatch, keep_mask, pack_micro_batches, token_weights
+from dashjax.rl.losses import kl_penalty, policy_loss, token_logprobs
+from dashjax.train.learner import Learner, LossConfig, make_optimizer
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def test_advantage_estimators():
+  r = np.array([1, 0, 0, 0, 1, 1, 1, 1, 0, 1, 0, 1], np.float32)
+  g = r.reshape(3, 4)
+  mean = g.mean(1, keepdims=True)
+  grpo = group_advantages(r, 4, "grpo").reshape(3, 4)
+  np.testing.assert_allclose(grpo[0], (g[0] - 0.25) / (np.std(g[0], ddof=1) + 1e-4), rtol=1e-6)
+  np.testing.assert_array_equal(grpo[1], 0.0)  # all-correct group: no signal
+  np.testing.assert_allclose(group_advantages(r, 4, "mean"), (g - mean).ravel(), rtol=1e-6)
+  loo = np.array([[ri - np.delete(row, j).mean() for j, ri in enumerate(row)] for row in g])
+  np.testing.assert_allclose(group_advantages(r, 4, "rloo"), loo.ravel(), rtol=1e-6)
+  with pytest.raises(ValueError, match="samples_per_prompt"):
+    group_advantages(r, 5)
+
+
+def test_reinforce_gradient_on_tabular_policy():
+  """On a one-step softmax policy, d loss / d theta = -sum_i A_i w_i (onehot(a_i) - pi): REINFORCE."""
+  V = 6
+  theta = jnp.asarray(np.random.RandomState(0).randn(V), jnp.float32)
+  actions = jnp.array([[1], [4], [4], [0]])
+  adv = jnp.array([0.5, -1.0, 2.0, 0.0])
+  w = jnp.array([[0.25], [0.25], [0.25], [0.25]])
+
+  def loss(theta):
+    logits = jnp.broadcast_to(theta, (4, 1, V))
+    lp = token_logprobs(logits, actions, temperature=1.0)
+    per_token, _ = policy_loss(lp, jnp.zeros_like(lp), adv, clip_eps=0.2, on_policy=True)
+    return jnp.sum(per_token * w)
+
+  pi = np.asarray(jax.nn.softmax(theta))
+  expected = -sum(float(adv[i] * w[i, 0]) * (np.eye(V)[int(actions[i, 0])] - pi) for i in range(4))
+  np.testing.assert_allclose(jax.grad(loss)(theta), expected, atol=1e-6)
+  # The loss value itself is -sum A w (the ratio is exactly 1 on-policy).
+  np.testing.assert_allclose(loss(theta), -float(jnp.sum(adv * w[:, 0])), atol=1e-7)
+
+
+def test_ppo_ratio_is_one_on_policy_and_clips_off_policy():
+  lp = jnp.log(jnp.array([[0.2, 0.5], [0.7, 0.1]]))
+  adv = jnp.array([1.0, -1.0])
+  on, clipped_on = policy_loss(lp, lp, adv, clip_eps=0.2, on_policy=True)
+  off_same, clipped_same = policy_loss(lp, lp, adv, clip_eps=0.2, on_policy=False)
+  np.testing.assert_array_equal(on, -adv[:, None] * jnp.ones((2, 2)))  # ratio exactly 1
+  np.testing.assert_allclose(off_same, on)
+  assert float(clipped_on.sum()) == float(clipped_same.sum()) == 0.0
+  g_on = jax.grad(lambda x: policy_loss(x, lp, adv, clip_eps=0.2, on_policy=True)[0].sum())(lp)
+  g_off = jax.grad(lambda x: policy_loss(x, lp, adv, clip_eps=0.2, on_policy=False)[0].sum())(lp)
+  np.testing.assert_allclose(g_on, g_off, atol=1e-7)
+  # ratio 2 with positive advantage: clipped at 1.2, no gradient through the clipped branch.
+  new = lp.at[0, 0].add(jnp.log(2.0))
+  val, clipped = policy_loss(new, lp, adv, clip_eps=0.2, on_policy=False)
+  np.testing.assert_allclose(val[0, 0], -1.2, rtol=1e-6)
+  assert float(clipped[0, 0]) == 1.0
+
+
+def test_kl_estimators_match_formulas():
+  lp = jnp.array([-1.0, -2.0, -0.1])
+  ref = jnp.array([-1.5, -1.0, -0.1])
+  d = np.asarray(ref - lp)
+  np.testing.assert_allclose(kl_penalty(lp, ref, "k3"), np.exp(d) - d - 1, rtol=1e-6)
+  np.testing.assert_allclose(kl_penalty(lp, ref, "k1"), -d, rtol=1e-6)
+  assert float(kl_penalty(lp, lp, "k3").sum()) == 0.0
+  # Unbiased: E_pi[k3] = KL(pi || ref) for a categorical pi.
+  p, q = np.array([0.5, 0.3, 0.2]), np.array([0.2, 0.5, 0.3])
+  k3 = kl_penalty(jnp.log(p), jnp.log(q), "k3")
+  np.testing.assert_allclose(np.sum(p * np.asarray(k3)), np.sum(p * np.log(p / q)), rtol=1e-5)
+
+
+# --- learner: accumulation and filtering against the full batch ------------------------------------------------
+
+TP, N, R, G = 5, 6, 8, 4
+
+
+def _toy_setup(seed=0):
+  cfg = ModelConfig("llama", 61, 32, 64, 2, 4, 2, 8, tie_word_embeddings=False)
+  model = Transformer(cfg, rngs=nnx.Rngs(seed))
+  graphdef, params = nnx.split(model)
+  rng = np.random.RandomState(seed)
+  prompt_valid = np.ones((R, TP), bool)
+  prompt_valid[1, :2] = False
+  lengths = rng.randint(1, N + 1, size=R)
+  mask = (np.arange(N)[None] < lengths[:, None])
+  tokens = rng.randint(0, 61, size=(R, TP + N)).astype(np.int32)
+  batch = RolloutBatch(tokens, np.concatenate([prompt_valid, mask], 1), mask.astype(np.float32),
+                       np.where(mask, -rng.rand(R, N), 0).astype(np.float32), TP)
+  return graphdef, params, batch
+
+
+def _accumulate(learner, params, batch, adv, weights, rows, micro):
+  mbs = pack_micro_batches(batch, adv, weights, rows, micro)
+  acc = learner.zero_grads(params)
+  for i in range(mbs.num_micro):
+    acc, _ = learner.micro_step(params, acc, None, mbs[i])
+  return acc, mbs.num_micro
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "constant_length"])
+def test_micro_batched_gradient_equals_full_batch(aggregation):
+  graphdef, params, batch = _toy_setup()
+  adv = np.random.RandomState(1).randn(R).astype(np.float32)
+  weights = token_weights(batch.completion_mask_RxN, np.ones(R), aggregation)
+  learner_full = Learner(graphdef, optax.sgd(1.0), LossConfig(temperature=0.9), TP)
+  learner_micro = Learner(graphdef, optax.sgd(1.0), LossConfig(temperature=0.9), TP)
+  full, n_full = _accumulate(learner_full, params, batch, adv, weights, np.arange(R), R)
+  micro, n_micro = _accumulate(learner_micro, params, batch, adv, weights, np.arange(R), 2)
+  assert (n_full, n_micro) == (1, 4)
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(micro)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+  assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(full)) > 1e-4  # a real, non-zero gradient
+
+
+def test_filtered_update_equals_unfiltered_with_fewer_micro_steps():
+  """With zero-advantage rows dropped, normalization by rows sampled and no KL, dash's update == pg's update."""
+  graphdef, params, batch = _toy_setup(3)
+  rewards = np.array([1, 1, 1, 1, 0, 1, 0, 0], np.float32)  # first group all equal -> advantage 0
+  adv = group_advantages(rewards, G)
+  keep = keep_mask(adv, 0.1)
+  assert keep.sum() == 4
+  weights = token_weights(batch.completion_mask_RxN, np.ones(R), "token_mean")  # normalized by rows sampled
+  opt = make_optimizer(1e-2, 10)
+  learner = Learner(graphdef, opt, LossConfig(temperature=1.0), TP)
+  results = {}
+  for name, rows in (("pg", np.arange(R)), ("dash", np.flatnonzero(keep))):
+    grads, n = _accumulate(learner, params, batch, adv, weights, rows, 2)
+    p = jax.tree.map(jnp.array, params)
+    new_params, _, norm = learner.apply(p, opt.init(p), grads)
+    results[name] = (new_params, n, float(norm))
+  assert (results["pg"][1], results["dash"][1]) == (4, 2)
+  np.testing.assert_allclose(results["pg"][2], results["dash"][2], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(results["pg"][0]), jax.tree.leaves(results["dash"][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # Same compiled micro-step for 4 and 2 micro-steps: one compilation.
+  assert learner.micro_step._cache_size() == 1
+
+
+def test_filler_rows_weigh_nothing():
+  """A micro-batch padded with filler rows gives the same gradient as the real rows alone."""
+  graphdef, params, batch = _toy_setup(5)
+  adv = np.random.RandomState(2).randn(R).astype(np.float32)
+  weights = token_weights(batch.completion_mask_RxN, np.ones(R), "seq_mean")
+  learner = Learner(graphdef, optax.sgd(1.0), LossConfig(), TP)
+  three, n3 = _accumulate(learner, params, batch, adv, weights, [0, 2, 5], 4)  # one filler row
+  ref, _ = _accumulate(Learner(graphdef, optax.sgd(1.0), LossConfig(), TP), params, batch.take([0, 2, 5]),
+                       adv[[0, 2, 5]], weights[[0, 2, 5]], [0, 1, 2], 3)
+  assert n3 == 1
+  for a, b in zip(jax.tree.leaves(three), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
