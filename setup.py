@@ -24,6 +24,7 @@ setup(
         "matplotlib",
         "math-verify>=0.7",
         "reasoning-gym>=0.1.20",
+        "absl-py",
     ],
     extras_require={
         # torch is used only by parity tests against transformers' PyTorch models (CPU build).
@@ -32,6 +33,8 @@ setup(
     entry_points={
         "console_scripts": [
             "dashjax-generate=dashjax.cli.generate:main",
+            "dashjax-train=dashjax.cli.train:main",
+            "dashjax-eval=dashjax.cli.eval:main",
         ],
     },
 )

@@ -81,9 +81,9 @@ def _mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     if num_devices % fixed:
       raise ConfigError(f"{num_devices} devices are not divisible by the fixed mesh axes ({fixed})")
     sizes[sizes.index(-1)] = num_devices // fixed
-  if sizes[0] * sizes[1] * sizes[2] != num_devices:
-    raise ConfigError(f"mesh.data * mesh.fsdp * mesh.tensor = {sizes[0] * sizes[1] * sizes[2]} must equal the "
-                      f"number of devices ({num_devices})")
+  if sizes[0] * sizes[1] * sizes[2] > num_devices:
+    raise ConfigError(f"mesh.data * mesh.fsdp * mesh.tensor = {sizes[0] * sizes[1] * sizes[2]} is more than the "
+                      f"{num_devices} devices available")
   return tuple(sizes)
 
 
@@ -102,11 +102,19 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
                                                                    c.data.max_prompt_tokens)):
     if int(v) < 1:
       raise ConfigError(f"{name}={v} must be >= 1")
+  if c.mode == "sft":
+    # One gold completion per prompt; the sampler only runs for evaluation.
+    if P % mb:
+      raise ConfigError(f"mode='sft' trains on rl.prompts_per_step={P} gold completions per step; "
+                        f"train.micro_batch_size={mb} must divide it")
+    G, sampler_rows = 1, sb
   R = P * G
   if R % mb:
     raise ConfigError(f"train.micro_batch_size={mb} must divide rl.prompts_per_step * rl.samples_per_prompt = "
                       f"{P} * {G} = {R} rows per batch")
-  if rl.algo == "grpo":
+  if c.mode == "sft":
+    pass
+  elif rl.algo == "grpo":
     # The paper's standard GRPO samples one micro-batch at a time: each call must hold whole groups.
     if mb % G:
       raise ConfigError(f"rl.algo='grpo' samples one micro-batch per sampler call, so train.micro_batch_size={mb} "

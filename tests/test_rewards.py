@@ -37,6 +37,7 @@ register_scorer("test_hang", _hang_scorer)
     ("\\boxed{} 12", "12"),  # empty box does not count
     ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72"),
     ("<answer>41</answer>", "41"),
+    ("<Answer> 3 </ANSWER> ... <answer>4</answer> <answer>5", "4"),  # last closed tag
     ("The answer is: 5 - 3 = 2", "2"),  # equation chain -> last side
     ("**Answer:** 42 apples", "42"),  # markdown + units
     ("The answer is 2. Let me double check 3 + 4 = 7.", "2"),
@@ -58,6 +59,18 @@ def test_extract_answer(text, expected):
   assert extract_answer(text) == expected
 
 
+def test_extraction_and_matching_stay_fast_on_adversarial_text():
+  # Inputs that make naive regexes or brace matching quadratic; scoring must stay ~linear in the text length.
+  texts = ["\\boxed{" * 5000, "<answer>" * 5000 + "7", "1 " * 5000 + "x1", "1" * 20000 + "x", "{" * 5000 + "}",
+           "answer: " * 3000]
+  t0 = time.perf_counter()
+  for text in texts:
+    extract_answer(text)
+    extract_answer(text, mode="text")
+    answers_match(text, "5")
+  assert time.perf_counter() - t0 < 1.0
+
+
 def test_extract_answer_text_mode():
   assert extract_answer("Reasoning...\nnoremopyh", mode="text") == "noremopyh"
   assert extract_answer("So the answer is: Victoria is a knight.", mode="text") == "Victoria is a knight"
@@ -69,7 +82,7 @@ def test_extract_answer_text_mode():
     ("$1,234$", "1234"), ("\\dfrac{1}{2}", "\\frac{1}{2}"), ("\\tfrac12", "\\frac{1}{2}"), ("x = 5", "5"),
     ("18 \\text{ dollars}", "18"), ("\\left( 1, 2 \\right)", "(1,2)"), ("(B)", "B"), ("50\\%", "50"),
     (".5", "0.5"), ("#### 72", "72"), ("\\boxed{72}", "72"), ("90^\\circ", "90"), ("\\sqrt3", "\\sqrt{3}"),
-    ("1{,}234", "1234"), ("3.", "3"),
+    ("1{,}234", "1234"), ("3.", "3"), ("\\text{(A)}", "A"), ("\\frac{1}{2} \\text{ cm}", "\\frac{1}{2}"),
 ])
 def test_normalize_answer(raw, expected):
   assert normalize_answer(raw) == expected
@@ -171,6 +184,8 @@ def test_pool_matches_in_process(pool, arithmetic_items):
 def test_pool_timeout_holds_on_hanging_input(pool):
   completions = ["\\boxed{1}", "The answer is 2.", HANG, "#### 4", "5", "\\boxed{6}", "7 apples", "wrong: 9"]
   golds = ["1", "2", "3", "4", "5", "6", "7", "8"]
+  # Both workers import the test scorer first (not charged to any sample), so the wall time below is the pool's.
+  assert pool.score("test_hang", ["1", "2", "3", "4"], ["1", "2", "3", "5"]).rewards.tolist() == [1, 1, 1, 0]
   restarts = pool.restarts
   t0 = time.perf_counter()
   batch = pool.score("test_hang", completions, golds)
@@ -210,6 +225,16 @@ def test_pool_throughput_256(pool, arithmetic_items):
   assert batch.seconds < 5.0
 
 
+def test_register_scorer_needs_importable_function():
+  def local(completion, target):
+    return 0.0
+
+  with pytest.raises(ValueError):
+    register_scorer("local", local)
+  with pytest.raises(ValueError):
+    register_scorer("bad", "no_colon_path")
+
+
 def test_pool_errors_and_validation(pool):
   with pytest.raises(KeyError):
     pool.score("no-such-scorer", ["1"], ["1"])
@@ -219,23 +244,10 @@ def test_pool_errors_and_validation(pool):
   assert batch.rewards.tolist() == [0.0]
   batch = pool.score("math", [], [])
   assert batch.rewards.shape == (0,)
-
-
-_ORPHAN_SCRIPT = textwrap.dedent("""
-    import os, signal, sys, threading, time
-    import test_rewards
-    from dashjax.rewards import RewardPool
-
-    if __name__ == "__main__":
-      pool = RewardPool(num_workers=1, timeout_s=60.0)
-      pool.wait_ready()
-      print(" ".join(str(w.proc.pid) for w in pool._workers), flush=True)
-      if sys.argv[1] == "crash":  # die while the worker is stuck in a hanging sample
-        threading.Thread(target=pool.score, args=("test_hang", [test_rewards.HANG], ["0"]), daemon=True).start()
-        time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGKILL)
-      # "exit": leave without close(); the finalizer must stop the workers
-""")
+  # A scorer that cannot be imported is a configuration error, raised rather than scored 0; the pool survives it.
+  with pytest.raises(RuntimeError, match="cannot load"):
+    pool.score("no_such_module_xyz:fn", ["1"], ["1"])
+  assert pool.score("math", ["\\boxed{1}"], ["1"]).rewards.tolist() == [1.0]
 
 
 def _alive(pid):
@@ -243,24 +255,58 @@ def _alive(pid):
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, just not reaped yet
-    return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  try:
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, just not reaped yet
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+def _wait_dead(pids, seconds=10.0):
+  deadline = time.monotonic() + seconds
+  while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  return not any(_alive(p) for p in pids)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks /proc")
+def test_dropped_pool_stops_its_workers(pool):
+  # The finalizer that runs here when the pool is collected is the one that runs at interpreter exit.
+  extra = RewardPool(num_workers=1)
+  extra.wait_ready()
+  pids = [w.proc.pid for w in extra._workers]
+  del extra
+  assert _wait_dead(pids)
+
+
+_CRASH_SCRIPT = textwrap.dedent("""
+    import os, signal, threading, time
+    from dashjax.rewards import RewardPool, register_scorer
+
+    if __name__ == "__main__":
+      register_scorer("test_hang", "test_rewards:_hang_scorer")
+      pool = RewardPool(num_workers=1, timeout_s=60.0)
+      pool.wait_ready()
+      print(pool._workers[0].proc.pid, flush=True)
+      threading.Thread(target=pool.score, args=("test_hang", [%r], ["0"]), daemon=True).start()
+      time.sleep(1.0)  # the worker is now stuck in the hanging sample
+      os.kill(os.getpid(), signal.SIGKILL)
+""" % HANG)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks /proc and PR_SET_PDEATHSIG")
-@pytest.mark.parametrize("how", ["exit", "crash"])
-def test_no_orphan_workers(tmp_path, how):
-  script = tmp_path / "orphan.py"
-  script.write_text(_ORPHAN_SCRIPT)
+def test_no_orphan_worker_after_trainer_crash(tmp_path):
+  """A trainer SIGKILLed while its worker hangs (no finalizer, no atexit) leaves no worker behind."""
+  script = tmp_path / "crash.py"
+  script.write_text(_CRASH_SCRIPT)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
-  out = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, env=env, timeout=120)
-  if how == "exit":
-    assert out.returncode == 0, out.stderr
-  else:
-    assert out.returncode == -signal.SIGKILL, out.stderr
-  pids = [int(p) for p in out.stdout.split()]
-  assert pids
-  deadline = time.monotonic() + 10
-  while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-    time.sleep(0.05)
-  assert not any(_alive(p) for p in pids)
+  # Output to a file: after a SIGKILL a pipe would stay open as long as any descendant lives.
+  with open(tmp_path / "crash.out", "w+") as out:
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc.wait(timeout=120)
+    out.seek(0)
+    log = out.read()
+  assert proc.returncode == -signal.SIGKILL, log
+  pids = [int(line) for line in log.splitlines() if line.strip().isdigit()]
+  assert pids, log
+  assert _wait_dead(pids), f"worker {pids} outlived its trainer"

@@ -35,12 +35,12 @@ SAMPLER_RULES = {"vocab": "tensor", "embed": None, "heads": "tensor", "mlp": "te
 
 
 def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over the given (default: all) devices, with automatic sharding propagation."""
+  """A (data, fsdp, tensor) mesh over the first prod(shape) of the given (default: all) devices."""
   devices = np.asarray(devices if devices is not None else jax.devices())
   n = int(np.prod(shape))
-  if devices.size != n:
+  if devices.size < n:
     raise ValueError(f"mesh shape {shape} needs {n} devices, {devices.size} are available")
-  return Mesh(devices.reshape(shape), MESH_AXES)
+  return Mesh(devices[:n].reshape(shape), MESH_AXES)
 
 
 def logical_axes(path: str, ndim: int):

@@ -33,52 +33,52 @@ _NUMBER = re.compile(
     r"(?<![\w)\]}.])(?:-\s?)?\\[dt]?frac\{-?\d+\}\{\d+\}"
     r"|(?:(?<![\w)\]}.])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+(?![\d.]))?"
     r"|(?:(?<![\w)\]}])-)?(?<!\d)\.\d+")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_TAG_OPEN = re.compile(r"<answer>", re.IGNORECASE)
+_TAG_CLOSE = re.compile(r"</answer>", re.IGNORECASE)
 _ANSWER_PHRASE = re.compile(r"\banswer\b[*_\s]*(?:is\b|:|=)[*_\s:]*", re.IGNORECASE)
 _LATEX_CMD = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
 
-def _brace_content(text: str, start: int) -> tuple[str, int] | None:
-  """(content, end) of the brace group opening at text[start] == '{'; None if it never closes."""
-  depth = 0
-  for i in range(start, len(text)):
-    c = text[i]
+def _matching_braces(text: str) -> dict[int, int]:
+  """Position of each '{' -> position of its '}', for the groups that close. One pass, so a completion full of
+  unclosed `\\boxed{` costs O(n), not O(n^2)."""
+  match, stack = {}, []
+  for i, c in enumerate(text):
     if c == "{":
-      depth += 1
-    elif c == "}":
-      depth -= 1
-      if depth == 0:
-        return text[start + 1:i], i + 1
-  return None
+      stack.append(i)
+    elif c == "}" and stack:
+      match[stack.pop()] = i
+  return match
 
 
 def last_boxed(text: str) -> str | None:
   """Content of the last complete, non-empty `\\boxed{}`/`\\fbox{}`/`\\framebox{}` in text, else None."""
   end = len(text)
+  braces = None
   while True:
     # Rightmost marker that starts before `end`; `\fbox` inside `\framebox` cannot clash (different letters).
     pos, marker = max((text.rfind(m, 0, end), m) for m in _BOX_MARKERS)
     if pos < 0:
       return None
+    end = pos  # if this one does not count, look further left
     i = pos + len(marker)
     if i < len(text) and text[i].isalpha():  # `\boxedx` is another command, not a box
-      end = pos
       continue
     while i < len(text) and text[i] == " ":
       i += 1
     content = None
     if i < len(text) and text[i] == "{":
-      group = _brace_content(text, i)
-      content = group[0] if group else None
+      braces = _matching_braces(text) if braces is None else braces
+      if i in braces:
+        content = text[i + 1:braces[i]]
     elif i < len(text):
       # `\boxed 5`: TeX takes the next token; we take the run up to a space or `$`.
-      m = re.match(r"[^\s$]+", text[i:])
+      m = re.match(r"[^\s$]+", text[i:i + 100])
       content = m.group(0) if m else None
     if content is not None and content.strip():
       return content.strip()
-    end = pos
 
 
 def _unwrap(phrase: str) -> str:
@@ -102,8 +102,8 @@ def _reduce_to_number(phrase: str) -> str:
   if _WORD.search(plain):
     m = _NUMBER.match(phrase.lstrip("$ "))
     if m:  # "42 apples", "2 because ..." -> the number it starts with
-      return m.group(0)
-    nums = _NUMBER.findall(phrase)
+      return m.group(0).replace(" ", "")
+    nums = _numbers(phrase)
     return nums[-1] if nums else phrase  # "Tom has 5 apples" -> 5; "yes" stays "yes"
   if "=" in phrase:
     return _unwrap(phrase.rsplit("=", 1)[1]) or phrase
@@ -121,6 +121,18 @@ def _rest_of_line(text: str, start: int) -> str:
   return ""
 
 
+def _last_match(pattern: re.Pattern, text: str, end: int) -> re.Match | None:
+  # One forward scan (a non-greedy `<answer>(.*?)</answer>` would rescan the tail once per opening tag).
+  last = None
+  for last in pattern.finditer(text, 0, end):
+    pass
+  return last
+
+
+def _numbers(text: str) -> list[str]:
+  return [m.replace(" ", "") for m in _NUMBER.findall(text)]
+
+
 def _cut_sentence(phrase: str) -> str:
   # "is 2. So ..." -> "2"; "3.5" survives because its dot is not followed by a space.
   m = _SENTENCE_END.search(phrase)
@@ -129,8 +141,8 @@ def _cut_sentence(phrase: str) -> str:
 
 def last_number(text: str) -> str | None:
   """The last number in text as written ("1,234", "-3", "0.5", "3/4", "\\frac{3}{4}"), else None."""
-  nums = _NUMBER.findall(text)
-  return nums[-1].replace(" ", "") if nums else None
+  nums = _numbers(text)
+  return nums[-1] if nums else None
 
 
 def extract_answer(text: str, mode: str = "math") -> str | None:
@@ -150,9 +162,10 @@ def extract_answer(text: str, mode: str = "math") -> str | None:
     return boxed
 
   phrase = None
-  tags = _ANSWER_TAG.findall(text)
-  if tags and tags[-1].strip():
-    phrase = tags[-1]
+  close = _last_match(_TAG_CLOSE, text, len(text))
+  opening = _last_match(_TAG_OPEN, text, close.start()) if close else None
+  if opening and text[opening.end():close.start()].strip():
+    phrase = text[opening.end():close.start()]
   if phrase is None:
     pos = text.rfind("####")
     if pos >= 0:

@@ -9,7 +9,9 @@
 3. otherwise `math_verify.verify(parse(gold), parse(pred))` (symbolic equality: `\\sqrt{8}` = `2\\sqrt{2}`,
    `\\frac{1}{2}` = `0.5`, sets, intervals, equations). Both sides are wrapped in `$...$` first: math_verify's
    LaTeX extractor only looks inside math delimiters or `\\boxed{}`, so a bare `\\sqrt{2}` or `x+1` parses to
-   nothing, while bare numbers happen to work through its plain-expression extractor.
+   nothing, while bare numbers happen to work through its plain-expression extractor. Before verify, plain
+   expressions are compared by value at a fixed point: clearly different -> False, equal constants -> True,
+   without simplify.
 
 math_verify guards its own sympy calls with `signal.alarm` (whole seconds, main thread only). We keep that as an
 inner timeout where it is allowed and pass None elsewhere (a non-main thread would make it raise); the outer,
@@ -19,6 +21,7 @@ hard timeout is `RewardPool`'s, which kills a worker stuck inside C code where n
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 from fractions import Fraction
@@ -26,11 +29,12 @@ from fractions import Fraction
 from dashjax.rewards.extract import extract_answer, last_boxed
 
 MV_TIMEOUT_S = 2  # math_verify's per-call alarm (int seconds); keep it under RewardPool's timeout
+MAX_SYMBOLIC_CHARS = 500  # longer answers are compared as strings only
 
 _TEXT_CMDS = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[!,;: ]|\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,3})?")  # unambiguous: no backtracking
 _FRACTION = re.compile(r"[+-]?\d+/[+-]?\d+")
 _LATEX_FRACTION = re.compile(r"([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -54,7 +58,7 @@ def _clean(s: str) -> str:
   for _ in range(3):  # nested: \text{\textbf{5}}
     s = _TEXT_CMDS.sub(r"\1", s)
   s = s.replace("{,}", ",").strip()
-  m = _TRAILING_UNITS.fullmatch(s)
+  m = _TRAILING_UNITS.fullmatch(s) if len(s) <= 100 else None  # the regex backtracks on long inputs
   if m and not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", m.group(1))):
     s = m.group(1)
   # TeX shorthands: \frac12 -> \frac{1}{2}, \frac1{x} -> \frac{1}{x}, \sqrt3 -> \sqrt{3}
@@ -121,6 +125,41 @@ def _mv_parse(latex: str, timeout: int | None) -> tuple:
   return tuple(parse(f"${latex}$", parsing_timeout=timeout))
 
 
+# Evaluation point for `_compare_at_a_point`: distinct, non-special rationals (no 0, 1 or integers that could
+# make different expressions coincide by accident).
+_PROBE = (13, 7), (17, 11), (23, 19), (29, 5), (31, 17), (37, 13)
+
+
+def _compare_at_a_point(gold, pred) -> bool | None:
+  """Cheap numeric decision for two plain sympy expressions, or None to leave it to math_verify.
+
+  False when, in the same variables, their values clearly differ (1e-4 relative) at one fixed point: then they
+  cannot be equal, and math_verify's `simplify` (~30 ms, most of a wrong symbolic answer's cost) is skipped.
+  True when both are constants equal to 1e-12 at 20 digits (`2\\sqrt{2}` vs `\\sqrt{8}`). Equations, sets,
+  intervals, other variables, near misses and agreeing non-constants go to math_verify.
+  """
+  import sympy
+
+  if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)):
+    return None
+  symbols = sorted(gold.free_symbols, key=str)
+  if pred.free_symbols != set(symbols) or len(symbols) > len(_PROBE):
+    return None
+  point = {x: sympy.Rational(*q) for x, q in zip(symbols, _PROBE)}
+  try:
+    a, b = complex(gold.evalf(20, subs=point)), complex(pred.evalf(20, subs=point))
+  except Exception:  # still symbolic (unknown functions), overflow, ...
+    return None
+  if not all(map(math.isfinite, (a.real, a.imag, b.real, b.imag))):
+    return None
+  gap = abs(a - b) / max(1.0, abs(a), abs(b))
+  if gap > 1e-4:
+    return False
+  if not symbols and gap < 1e-12:
+    return True
+  return None
+
+
 def _mv_equal(pred: str, gold: str) -> bool:
   from math_verify import verify
 
@@ -128,6 +167,9 @@ def _mv_equal(pred: str, gold: str) -> bool:
   gold_parsed, pred_parsed = _mv_parse(gold, timeout), _mv_parse(pred, timeout)
   if not gold_parsed or not pred_parsed:
     return False
+  quick = _compare_at_a_point(gold_parsed[0], pred_parsed[0])
+  if quick is not None:
+    return quick
   try:
     return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=timeout))
   except Exception:  # verify swallows most errors itself; anything else is "not shown equal"
@@ -149,6 +191,8 @@ def answers_match(pred: str | None, gold: str) -> bool:
   vpred, vgold = to_number(npred), to_number(ngold)
   if vpred is not None and vgold is not None:
     return numbers_close(vpred, vgold)
+  if len(npred) > MAX_SYMBOLIC_CHARS or len(ngold) > MAX_SYMBOLIC_CHARS:
+    return False  # not a final answer but a paragraph; LaTeX-parsing it takes seconds
   return _mv_equal(_clean(pred), _clean(gold))
 
 

@@ -20,8 +20,9 @@ Why processes and why this design:
   `register_scorer` adds module-level functions (tests use this for a deliberately hanging scorer).
 - No orphans: workers are daemonic, closed by `close()` / the context manager / a finalizer at interpreter exit,
   and on Linux ask the kernel (PR_SET_PDEATHSIG) to kill them when their parent dies, so even a worker stuck in
-  C code dies with a SIGKILLed trainer (see `_die_with_parent` for the fork-server detail). The trainer's script must be import-safe (`if __name__ == "__main__":`), as
-  for any spawn/forkserver pool: workers import the main module.
+  C code dies with a SIGKILLed trainer (see `_die_with_parent` for the fork-server detail).
+- The trainer's script must be import-safe (`if __name__ == "__main__":`), as for any spawn/forkserver pool:
+  workers import the main module.
 
 `num_workers=0` scores in the calling process, without timeout (debugging). Calls to `score` are serialized by a
 lock; it may be called from a thread other than the trainer's main thread.
@@ -59,9 +60,8 @@ def register_scorer(name: str, fn: Callable[[str, Any], float] | str) -> None:
   """Registers `fn(completion, target) -> float` under `name`. fn must be importable: a module-level function or
   a "module:qualname" string (workers import it by that path)."""
   if callable(fn):
-    if "<locals>" in fn.__qualname__ or fn.__module__ == "__main__":
-      raise ValueError(f"{fn.__qualname__} is not importable by name from a worker; define it at module level "
-                       "in an importable module")
+    if "<locals>" in fn.__qualname__:
+      raise ValueError(f"{fn.__qualname__} is not importable by name from a worker; define it at module level")
     fn = f"{fn.__module__}:{fn.__qualname__}"
   if ":" not in fn:
     raise ValueError(f"scorer path {fn!r} must look like 'package.module:function'")
@@ -116,6 +116,8 @@ def _die_with_parent():
   it. The trainer holds it, but so does each worker (multiprocessing hands it to every child), so a hung worker
   would keep the server alive and the server would keep the worker alive. Closing the worker's copy breaks that
   cycle: trainer dies -> server sees EOF and exits -> the kernel kills the worker.
+  Under "spawn" the parent is the trainer; the signal then fires when the trainer *thread* that started the
+  worker exits, and the pool replaces the worker on its next use.
   """
   if not sys.platform.startswith("linux"):
     return
@@ -159,12 +161,12 @@ def _worker_main(conn, preload: Sequence[str]):
     path, items = msg
     try:
       fn = fns[path] if path in fns else fns.setdefault(path, load_scorer(path))
-    except Exception:
-      fn = None
-    conn.send(("go",))  # scorer imported: the parent starts the first sample's clock only now
+    except Exception as e:  # a configuration error, not a wrong answer: the parent raises it
+      conn.send(("go", f"{type(e).__name__}: {e}"))
+      continue
+    conn.send(("go", None))  # scorer imported: the parent starts the first sample's clock only now
     for i, completion, target in items:
-      reward, raised = _score_one(fn, completion, target) if fn is not None else (0.0, True)
-      conn.send((i, reward, raised))
+      conn.send((i, *_score_one(fn, completion, target)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,6 +326,9 @@ class RewardPool:
             w.ready = True
             continue
           if msg[0] == "go":
+            if msg[1] is not None:
+              w.items.clear()  # the worker skipped the chunk and is idle again
+              raise RuntimeError(f"reward worker cannot load the scoring function: {msg[1]}")
             w.deadline = time.monotonic() + self.timeout_s
             continue
           i, reward, raised = msg

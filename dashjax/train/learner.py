@@ -80,12 +80,21 @@ class Learner:
 
     out = None if param_shardings is None else (param_shardings, None)
     self.micro_step = jax.jit(micro_step, donate_argnums=(1,), out_shardings=out)
-    self.apply = jax.jit(apply, donate_argnums=(0, 1))
+    self._apply_fn, self._apply = apply, None
     self._zeros = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p),
                           out_shardings=param_shardings)
 
   def zero_grads(self, params):
     return self._zeros(params)
+
+  def apply(self, params, opt_state, grads):
+    # Outputs keep exactly the inputs' shardings: an equivalent but differently typed sharding on the new params
+    # would be a new jit cache key for micro_step, i.e. one needless recompilation after the first update.
+    if self._apply is None:
+      shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+      self._apply = jax.jit(self._apply_fn, donate_argnums=(0, 1),
+                            out_shardings=(shardings(params), shardings(opt_state), None))
+    return self._apply(params, opt_state, grads)
 
 
 def make_optimizer(learning_rate: float, num_steps: int, *, warmup_steps: int = 0, schedule: str = "constant",

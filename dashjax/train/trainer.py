@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dashjax.config import validate
 from dashjax.data import PromptFormatter, PromptIterator, load_examples
@@ -39,6 +40,7 @@ from dashjax.train.evaluate import Evaluator
 from dashjax.train.learner import Learner, LossConfig, make_optimizer
 from dashjax.train.metrics import MetricsWriter, plot_curve
 from dashjax.train.rollouts import RolloutCollector
+from dashjax.train.sft import sft_batch
 from dashjax.train.update import Updater, UpdateResult
 
 log = logging.getLogger("dashjax")
@@ -76,13 +78,17 @@ class Trainer:
     self.optimizer = make_optimizer(c.train.learning_rate, updates_total, warmup_steps=c.train.warmup_steps,
                                     schedule=c.train.lr_schedule, weight_decay=c.train.weight_decay,
                                     max_grad_norm=c.train.max_grad_norm)
-    self.opt_state = jax.jit(self.optimizer.init)(self.params)
-    loss_cfg = LossConfig(temperature=c.sampling.temperature, on_policy=c.rl.algo not in ("ppo_multi", "ppo_mini"),
-                          clip_eps=c.rl.clip_eps, kl_beta=c.rl.kl_beta, kl_estimator=c.rl.kl_estimator)
+    self.opt_state = self._place_opt_state(jax.jit(self.optimizer.init)(self.params))
+    if c.mode == "sft":  # plain likelihood of the gold tokens: no temperature, ratio or KL
+      loss_cfg = LossConfig(temperature=1.0, on_policy=True)
+    else:
+      loss_cfg = LossConfig(temperature=c.sampling.temperature,
+                            on_policy=c.rl.algo not in ("ppo_multi", "ppo_mini"), clip_eps=c.rl.clip_eps,
+                            kl_beta=c.rl.kl_beta, kl_estimator=c.rl.kl_estimator)
     self.learner = Learner(self.graphdef, self.optimizer, loss_cfg, c.data.max_prompt_tokens,
                            param_shardings=self.learner_shardings)
-    self.updater = Updater(self.learner, self.mesh, plan.micro_batch_size, c.rl.loss_aggregation,
-                           c.rl.filter_normalization)
+    self.updater = Updater(self.learner, self.mesh, plan.micro_batch_size,
+                           "token_mean" if c.mode == "sft" else c.rl.loss_aggregation, c.rl.filter_normalization)
     # The KL reference is the initial policy; with kl_beta == 0 it is never kept nor run.
     self.ref_params = jax.tree.map(jnp.copy, self.params) if c.rl.kl_beta > 0 else None
     self._evaluator = None
@@ -98,6 +104,19 @@ class Trainer:
       log.info("resumed from step %d (%s)", self.step, self.checkpointer.directory)
     self.metrics = MetricsWriter(workdir, resume_step=self.step if self.resumed else None)
     self._stop_requested = False
+
+  def _place_opt_state(self, state):
+    """Moments keep their parameter's sharding; fresh scalars (step counts) are replicated over the mesh.
+
+    Placement is explicit (committed), so the state's jit cache key is the same before and after the first update.
+    """
+    mesh_devices = set(self.mesh.devices.flat)
+
+    def place(x):
+      keep = x.sharding.device_set == mesh_devices
+      return jax.device_put(x, x.sharding if keep else NamedSharding(self.mesh, PartitionSpec()))
+
+    return jax.tree.map(place, state)
 
   def _fitting(self, examples, what):
     ok = self.formatter.fits(examples)
@@ -116,6 +135,8 @@ class Trainer:
     return jax.device_put(self.params, self.sampler_shardings)
 
   def train_step(self) -> dict:
+    if self.config.mode == "sft":
+      return self.sft_step()
     c, plan = self.config, self.plan
     G, R = c.rl.samples_per_prompt, plan.rows_per_batch
     t_step = time.perf_counter()
@@ -189,6 +210,25 @@ class Trainer:
         "epoch": self.iterator.epoch,
     }
 
+  def sft_step(self) -> dict:
+    c = self.config
+    t_step = time.perf_counter()
+    examples = self.iterator.next_batch()
+    eos = self.tokenizer.eos_token_id
+    batch, cut = sft_batch(self.formatter, self.tokenizer, examples, c.sampling.max_new_tokens,
+                           c.data.solution_field, eos)
+    rows = np.arange(batch.num_rows)
+    result = UpdateResult(self.params, self.opt_state)
+    self.params, self.opt_state = self.updater.step(self.params, self.opt_state, None, batch,
+                                                    np.ones(batch.num_rows, np.float32), rows, rows, result)
+    self.step += 1
+    s = result.stats
+    return {"step": self.step, "nll": s["entropy_proxy"] / max(s["weight"], 1e-9), "micro_steps": result.micro_steps,
+            "optimizer_updates": result.updates, "update_s": result.seconds, "step_s": time.perf_counter() - t_step,
+            "target_len": float(batch.completion_mask_RxN.sum(1).mean()), "targets_cut": cut,
+            "grad_norm": result.grad_norm, "epoch": self.iterator.epoch, "kept_fraction": 1.0,
+            "reward_mean": float("nan")}
+
   # --- evaluation, checkpoints, the loop --------------------------------------------------------------------
 
   def evaluate(self, seed: int = 1234) -> dict:
@@ -231,8 +271,11 @@ class Trainer:
       while self.step < end:
         m = self.train_step()
         self.metrics.write(m)
-        bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kept=f"{m['kept_fraction']:.2f}",
-                        s=f"{m['step_s']:.1f}")
+        if c.mode == "sft":
+          bar.set_postfix(nll=f"{m['nll']:.3f}", s=f"{m['step_s']:.1f}")
+        else:
+          bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kept=f"{m['kept_fraction']:.2f}",
+                          s=f"{m['step_s']:.1f}")
         bar.update(1)
         if c.eval.every and self.step % c.eval.every == 0 and self.step < c.train.num_steps:
           self._eval_and_report(f"step {self.step}")
