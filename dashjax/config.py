@@ -171,6 +171,10 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
   if (sampler_rows // G) % rows_axis:
     raise ConfigError(f"each sampler call holds {sampler_rows // G} prompts ({'train.micro_batch_size' if rl.algo == 'grpo' else 'sampling.batch_size'} "
                       f"/ rl.samples_per_prompt), which must be divisible by mesh.data * mesh.fsdp = {rows_axis}")
+  eval_prompts = max(1, c.eval.batch_size // max(c.eval.samples, 1))
+  if eval_prompts % rows_axis:
+    raise ConfigError(f"eval.batch_size={c.eval.batch_size} / eval.samples={c.eval.samples} = {eval_prompts} prompts "
+                      f"per evaluation call must be divisible by mesh.data * mesh.fsdp = {rows_axis}")
   return BatchPlan(rows_per_batch=R, sampler_rows=sampler_rows, sampler_calls=R // sampler_rows,
                    micro_batch_size=mb, micro_steps_unfiltered=R // mb,
                    updates_per_batch=rl.updates_per_batch, epochs_per_batch=rl.epochs_per_batch,

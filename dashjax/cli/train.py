@@ -37,8 +37,11 @@ def _main(argv):
     print(f"config error: {e}", file=sys.stderr)
     return 2
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  import jax
+
+  if jax.process_index() == 0:
+    with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   if config.mode == "sft":
     from dashjax.train.sft import run_sft
 
@@ -51,7 +54,10 @@ def _main(argv):
       summary = trainer.run(progress=FLAGS.progress)
     finally:
       trainer.close()
-  _print_summary(summary)
+  import jax
+
+  if jax.process_index() == 0:
+    _print_summary(summary)
   return 0
 
 

@@ -61,23 +61,22 @@ def gym_examples(task: str, size: int, seed: int, **task_kwargs) -> list[Example
   return [_gym_example(task, seed, i, ds[i]) for i in range(size)]
 
 
-def _gym_heldout(task: str, size: int, seed: int, task_kwargs: dict, exclude: set[str]) -> list[Example]:
-  """`size` distinct gym items whose question text is not in `exclude` (the training questions)."""
+def _gym_draw_excluding(task: str, size: int, seed: int, task_kwargs: dict, exclude: set[str]) -> list[Example]:
+  """`size` gym items in stream order, skipping questions in `exclude` (the held-out questions)."""
   # Small task spaces (e.g. 1-digit sums) collide often; scan past collisions, but give up rather than loop forever.
   budget = 8 * size + 1000
   ds = _gym_dataset(task, budget, seed, task_kwargs)
-  out, seen = [], set()
+  out = []
   for i in range(budget):
     ex = _gym_example(task, seed, i, ds[i])
-    if ex.problem in exclude or ex.problem in seen:
+    if ex.problem in exclude:
       continue
-    seen.add(ex.problem)
     out.append(ex)
     if len(out) == size:
       return out
-  raise ValueError(f"reasoning-gym task {task!r} with {task_kwargs} gave only {len(out)} distinct held-out questions "
-                   f"not in the training set out of {budget} drawn (wanted data.heldout_size={size}); the task's "
-                   "question space is too small: lower data.heldout_size / data.train_size or widen data.task_kwargs")
+  raise ValueError(f"reasoning-gym task {task!r} with {task_kwargs} gave only {len(out)} training questions that "
+                   f"are not held out, out of {budget} drawn (wanted data.train_size={size}); the task's question "
+                   "space is too small: lower data.heldout_size or widen data.task_kwargs")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -225,8 +224,8 @@ def load_examples(data_cfg) -> tuple[list[Example], list[Example]]:
   """(train, held-out) examples for a run, from the `data` config section (a whole config with `.data` also works).
 
   Fields: source ("gym" | "file" | "hub"), seed, train_size, heldout_size;
-    gym: task, task_kwargs. Train and held-out come from different (hashed) gym seeds, and held-out questions that
-      also occur in train are skipped (and held-out is deduplicated), so the two never share a question text.
+    gym: task, task_kwargs. Held-out and train come from different (hashed) gym seeds; held-out is a plain sample of
+      the task's distribution and training skips its questions, so the two never share a question text.
     file: path, heldout_path; hub: name, config, split (default "train"), heldout_split;
       both: problem_field, answer_field, task (the reward checker, default "math"). Without a held-out file/split, a
       seeded random heldout_size subset of the training data is held out. train_size / heldout_size of 0 or None
@@ -248,9 +247,11 @@ def load_examples(data_cfg) -> tuple[list[Example], list[Example]]:
     if train_size < 1:
       raise ValueError(f"data.source='gym' needs data.train_size >= 1, got {train_size}")
     kwargs = _as_dict(_get(d, "task_kwargs"))
-    train = gym_examples(task, train_size, stream_seed(seed, "train"), **kwargs)
-    heldout = (_gym_heldout(task, heldout_size, stream_seed(seed, "heldout"), kwargs, {ex.problem for ex in train})
-               if heldout_size else [])
+    # Held-out first, as plain draws from the task's distribution; training then skips those questions. (Removing
+    # training questions from the held-out set instead would bias it: with 2000 training draws nearly every small
+    # question, e.g. every 1-digit sum, is in training, leaving only the hard ones held out.)
+    heldout = gym_examples(task, heldout_size, stream_seed(seed, "heldout"), **kwargs) if heldout_size else []
+    train = _gym_draw_excluding(task, train_size, stream_seed(seed, "train"), kwargs, {ex.problem for ex in heldout})
     return train, heldout
 
   fields = dict(problem_field=_get(d, "problem_field", "problem"), answer_field=_get(d, "answer_field", "answer"),

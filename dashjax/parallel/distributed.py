@@ -46,3 +46,17 @@ def same_on_all_hosts(x: np.ndarray) -> np.ndarray:
   from jax.experimental import multihost_utils
 
   return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+
+def is_main_process() -> bool:
+  """Only process 0 writes files into the workdir (metrics, evaluations, plots)."""
+  return jax.process_index() == 0
+
+
+def any_host(flag: bool) -> bool:
+  """True on every process if it is True on any: a SIGTERM seen by one host stops all hosts at the same step."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag], bool))).any())

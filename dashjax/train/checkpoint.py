@@ -10,7 +10,8 @@ import orbax.checkpoint as ocp
 
 class Checkpointer:
   def __init__(self, directory: str, keep: int = 2):
-    self.directory = os.path.abspath(directory)
+    # Remote paths (gs://...) go to Orbax as they are; abspath would turn them into local folders.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep))
 
   def latest_step(self) -> int | None:

@@ -8,8 +8,16 @@ import os
 
 
 class MetricsWriter:
+  """Writes on process 0 only; other processes of a multi-host run hold a no-op writer."""
+
   def __init__(self, workdir: str, resume_step: int | None = None):
+    import jax
+
+    self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb = None
+    if not self.enabled:
+      return
     if resume_step is not None and os.path.exists(self.path):
       # Lines written after the checkpoint we resume from would be duplicated by the resumed run: drop them.
       with open(self.path) as f:
@@ -23,6 +31,8 @@ class MetricsWriter:
     self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, metrics: dict):
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(metrics) + "\n")
     step = metrics["step"]
@@ -32,7 +42,8 @@ class MetricsWriter:
     self.tb.flush()
 
   def close(self):
-    self.tb.close()
+    if self.tb is not None:
+      self.tb.close()
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -55,12 +66,10 @@ def plot_curve(workdir: str, title: str = "") -> str:
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   ax = axes[0]
   ax.plot(steps, [r.get("reward_mean", float("nan")) for r in rows], label="train reward (mean)")
-  ev = [(r["step"], r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
-  evals = _read_evals(workdir)
-  if evals:
-    ev = sorted(set(ev) | set(evals))
+  ev = _read_evals(workdir)
   if ev:
-    ax.errorbar([s for s, _ in ev], [a for _, a in ev], fmt="o-", label="held-out accuracy")
+    ax.errorbar([s for s, _, _ in ev], [a for _, a, _ in ev], yerr=[e for _, _, e in ev], fmt="o-", capsize=3,
+                label="held-out accuracy (+/- s.e.)")
   ax.set_xlabel("step")
   ax.set_ylim(-0.02, 1.02)
   ax.legend()
@@ -86,8 +95,10 @@ def plot_curve(workdir: str, title: str = "") -> str:
   return out
 
 
-def _read_evals(workdir: str) -> list[tuple[int, float]]:
+def _read_evals(workdir: str) -> list[tuple[int, float, float]]:
+  """(step, accuracy, standard error) per evaluation, the latest one per step (a resumed run may repeat one)."""
   path = os.path.join(workdir, "eval.jsonl")
   if not os.path.exists(path):
     return []
-  return [(r["step"], r["accuracy"]) for r in read_metrics(path)]
+  latest = {r["step"]: (r["accuracy"], r.get("stderr") or 0.0) for r in read_metrics(path)}
+  return [(s, a, e) for s, (a, e) in sorted(latest.items())]

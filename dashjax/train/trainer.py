@@ -15,6 +15,7 @@ Algorithms (`rl.algo`), all from one loop:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from dashjax.config import validate
 from dashjax.data import PromptFormatter, PromptIterator, load_examples
 from dashjax.models.loading import load_model
+from dashjax.parallel.distributed import any_host, is_main_process
 from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, make_mesh, param_shardings
 from dashjax.rewards import RewardPool
 from dashjax.rl.advantages import group_advantages
@@ -241,10 +243,9 @@ class Trainer:
     out = self._evaluator(self.sampler_params(), self.heldout, seed)
     record = {k: v for k, v in out.items() if k != "texts"}
     record["step"] = self.step
-    with open(os.path.join(self.workdir, "eval.jsonl"), "a") as f:
-      import json
-
-      f.write(json.dumps(record) + "\n")
+    if is_main_process():
+      with open(os.path.join(self.workdir, "eval.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
     return out
 
   def save(self):
@@ -279,7 +280,7 @@ class Trainer:
         bar.update(1)
         if c.eval.every and self.step % c.eval.every == 0 and self.step < c.train.num_steps:
           self._eval_and_report(f"step {self.step}")
-        if self._stop_requested:
+        if any_host(self._stop_requested):
           self.save()
           bar.close()
           print(f"\nstopped by SIGTERM after step {self.step}; checkpoint saved in {self.checkpointer.directory}; "
@@ -293,7 +294,8 @@ class Trainer:
         self.save()
       if self.step >= c.train.num_steps and c.eval.after:
         summary["after"] = self._eval_and_report("after training")
-      summary["curve"] = plot_curve(self.workdir, title=f"{c.rl.algo} on {c.data.task} ({c.model.source})")
+      if is_main_process():
+        summary["curve"] = plot_curve(self.workdir, title=f"{c.rl.algo} on {c.data.task} ({c.model.source})")
       return summary
     finally:
       for s, h in previous.items():
