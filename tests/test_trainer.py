@@ -119,6 +119,27 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
   assert [r["step"] for r in read_metrics(metrics)] == list(range(1, done + 3))
 
 
+@pytest.mark.parametrize("mode_args", [["--config.mode=sft"], ["--config.rl.algo=grpo"]])
+def test_cli_runs_each_mode(tmp_path, mode_args):
+  """The command line as a user types it: RL overrides and SFT mode, ending with held-out numbers and a curve."""
+  cmd = [sys.executable, "-m", "dashjax.cli.train", f"--config={ROOT}/configs/tiny.py", f"--workdir={tmp_path}",
+         "--config.train.num_steps=2", "--config.eval.before=true", "--config.eval.after=true", "--progress=false",
+         *mode_args]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "held-out accuracy: before" in proc.stdout
+  assert os.path.exists(tmp_path / "curve.png")
+  assert [r["step"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))] == [1, 2]
+
+
+def test_cli_rejects_a_bad_config_with_the_field_name(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "dashjax.cli.train", f"--config={ROOT}/configs/tiny.py",
+                         f"--workdir={tmp_path}", "--config.sampling.batch_size=6"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "sampling.batch_size=6" in proc.stderr and "rl.samples_per_prompt" in proc.stderr
+
+
 def test_kl_is_zero_at_the_first_step_and_positive_later(tmp_path):
   c = _config(**{"rl.kl_beta": 0.1, "rl.algo": "pg", "train.learning_rate": 1e-2})
   trainer = Trainer(c, str(tmp_path))

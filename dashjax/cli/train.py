@@ -42,18 +42,13 @@ def _main(argv):
   if jax.process_index() == 0:
     with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  if config.mode == "sft":
-    from dashjax.train.sft import run_sft
+  from dashjax.train.trainer import Trainer  # RL and SFT (config.mode) share one loop
 
-    summary = run_sft(config, FLAGS.workdir, resume=FLAGS.resume, progress=FLAGS.progress)
-  else:
-    from dashjax.train.trainer import Trainer
-
-    trainer = Trainer(config, FLAGS.workdir, resume=FLAGS.resume)
-    try:
-      summary = trainer.run(progress=FLAGS.progress)
-    finally:
-      trainer.close()
+  trainer = Trainer(config, FLAGS.workdir, resume=FLAGS.resume)
+  try:
+    summary = trainer.run(progress=FLAGS.progress)
+  finally:
+    trainer.close()
   import jax
 
   if jax.process_index() == 0:
