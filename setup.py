@@ -25,6 +25,7 @@ setup(
         "math-verify>=0.7",
         "reasoning-gym>=0.1.20",
         "absl-py",
+        "jinja2",  # chat templates (transformers needs it; it otherwise arrives only with torch)
     ],
     extras_require={
         # torch is used only by parity tests against transformers' PyTorch models (CPU build).

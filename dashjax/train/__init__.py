@@ -1,0 +1,1 @@
+"""Training: the compiled learner, the update phase, rollouts, the loop, evaluation, SFT, checkpoints, metrics."""
