@@ -125,7 +125,7 @@ def main(argv=None):
            for f in fractions}
     for f in fractions:
       res[f]["first_call_s"], res[f]["micro_steps"] = update(f)
-      log(f"first call, kept {f}: {res[f]['first_call_s']:.2f}s ({res[f]['micro_steps']} micro-steps)")
+      log(f"first call, kept {f}: {res[f]['first_call_s']:.2f}s, micro-steps: {res[f]['micro_steps']}")
     for r in range(args.repeats):
       for f in (fractions if r % 2 == 0 else fractions[::-1]):
         dt, micro = update(f)

@@ -235,8 +235,9 @@ def main():
       sys.exit(f"{PYTHONS[fw]} is missing: run bash benchmarks/peers/setup_envs.sh first")
 
   log(f"== building assets ({a.size})")
-  paths = build_assets(a.workdir, a.size, prompts=max(64, a.prompts_per_update * (a.warmup + a.updates)))
-  checks = [] if a.skip_check else check_logits(paths, frameworks)
+  with Lock(a.lock):  # not timed, but CPU-heavy: keep it off other benchmarks' timings too
+    paths = build_assets(a.workdir, a.size, prompts=max(64, a.prompts_per_update * (a.warmup + a.updates)))
+    checks = [] if a.skip_check else check_logits(paths, frameworks)
   spec = {"model": paths["model"], "prompts": paths["prompts"], "heldout_prompts": paths["heldout_prompts"],
           "prompts_per_update": a.prompts_per_update, "G": a.G, "max_new_tokens": a.max_new_tokens,
           "micro_batch": a.micro_batch, "max_prompt_tokens": prompt_width(paths), "warmup_updates": a.warmup,
