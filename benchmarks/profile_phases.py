@@ -10,7 +10,8 @@ Sections (every timed call waits for its result; variants are called alternately
      once per call: prefill of a prompt and streaming all weights once per decode step) from the per-row cost.
      GRPO makes R / 4 calls of 4 rows per update, DASH one of R rows.
   3. learner micro-step (forward + backward + accumulate) at micro-batch 2, 4, 8: per micro-step and per row,
-     with achieved GFLOP/s from the model's matmul FLOPs.
+     with achieved GFLOP/s from the model's matmul FLOPs; then, at micro-batch 4 (one group), the per-row learner
+     against prompt sharing (`train.share_prompts`: each prompt run once per group), with their gradients compared.
   4. per-op split of one micro-step (micro-batch 4) and of one sampler call (B = 4 and 32) from a jax.profiler
      trace: matmul fusions, vocabulary-sized ops (LM head, log-softmax, token draw), other element-wise ops and
      copies, forward vs backward.
@@ -204,6 +205,28 @@ def main(argv=None):
   micro_table = table(["micro-batch", "s per micro-step", "s per row", "micro-steps per 32 rows", "s per 32 rows",
                        "GFLOP", "GFLOP/s"], rows)
   log(micro_table)
+
+  # 3b. prompt sharing in backprop: one group of G rows per micro-batch, prompt run once vs once per row
+  mbg = dict(batches[4])
+  mbg["tokens"] = mbg["tokens"].at[:, :PROMPT_LEN].set(mbg["tokens"][:1, :PROMPT_LEN])  # rows of a group share it
+  shared = Learner(graphdef, learner.optimizer, learner.loss_cfg, PROMPT_LEN, prompt_group=G)
+  variants = {"per row": learner, "shared prompt": shared}
+  gacc = {k: v.zero_grads(params) for k, v in variants.items()}
+
+  def grouped(name):
+    gacc[name], _ = variants[name].micro_step(params, gacc[name], None, mbg)
+    return gacc[name]
+
+  once = {k: v.micro_step(params, v.zero_grads(params), None, mbg)[0] for k, v in variants.items()}
+  diff = max(float(jnp.abs(a - b).max() / (jnp.abs(a).max() + 1e-30))
+             for a, b in zip(jax.tree.leaves(once["per row"]), jax.tree.leaves(once["shared prompt"])))
+  del once
+  gt = interleaved({k: functools.partial(grouped, k) for k in variants}, reps)
+  out["prompt_sharing"] = {"seconds": gt, "shared_over_per_row": gt["shared prompt"] / gt["per row"],
+                           "grad_max_rel_diff": diff, "rows_per_micro_step": 4, "group": G}
+  log(table(["micro-batch 4 = 1 group", "s per micro-step", "ratio"],
+            [[k, f"{v:.2f}", f"{v / gt['per row']:.3f}"] for k, v in gt.items()]))
+  log(f"gradient max relative difference, shared vs per row: {diff:.1e}")
 
   # 4. per-op splits
   splits = {}

@@ -41,7 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling = dict(batch_size=32, max_new_tokens=64, temperature=0.9, top_k=0, top_p=1.0, share_prefix=True)
   c.train = dict(micro_batch_size=4, num_steps=20, learning_rate=3e-6, lr_schedule="constant", warmup_steps=0,
                  weight_decay=0.0, max_grad_norm=1.0, seed=0, checkpoint_every=10, keep_checkpoints=2,
-                 sft_epochs=1)
+                 sft_epochs=1,
+                 # Backprop runs each prompt once per group of G rows (exact; applies when micro_batch_size % G == 0)
+                 share_prompts=True)
   c.eval = dict(num_prompts=200, samples=1, temperature=0.0, max_new_tokens=0, batch_size=64, before=True,
                 after=True, every=0)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices
@@ -60,6 +62,7 @@ class BatchPlan:
   updates_per_batch: int
   epochs_per_batch: int
   filtering: bool
+  learner_prompt_group: int  # rows per prompt forward in backprop: G with train.share_prompts, else 1
   mesh_shape: tuple[int, int, int]  # (data, fsdp, tensor)
 
 
@@ -171,6 +174,9 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
   if (sampler_rows // G) % rows_axis:
     raise ConfigError(f"each sampler call holds {sampler_rows // G} prompts ({'train.micro_batch_size' if rl.algo == 'grpo' else 'sampling.batch_size'} "
                       f"/ rl.samples_per_prompt), which must be divisible by mesh.data * mesh.fsdp = {rows_axis}")
+  prompt_group = 1
+  if c.mode == "rl" and tr.get("share_prompts", True) and G > 1 and mb % G == 0:
+    prompt_group = G
   eval_prompts = max(1, c.eval.batch_size // max(c.eval.samples, 1))
   if eval_prompts % rows_axis:
     raise ConfigError(f"eval.batch_size={c.eval.batch_size} / eval.samples={c.eval.samples} = {eval_prompts} prompts "
@@ -178,4 +184,4 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
   return BatchPlan(rows_per_batch=R, sampler_rows=sampler_rows, sampler_calls=R // sampler_rows,
                    micro_batch_size=mb, micro_steps_unfiltered=R // mb,
                    updates_per_batch=rl.updates_per_batch, epochs_per_batch=rl.epochs_per_batch,
-                   filtering=(rl.algo == "dash"), mesh_shape=mesh_shape)
+                   filtering=(rl.algo == "dash"), learner_prompt_group=prompt_group, mesh_shape=mesh_shape)

@@ -149,6 +149,59 @@ def test_filtered_update_equals_unfiltered_with_fewer_micro_steps():
   assert learner.micro_step._cache_size() == 1
 
 
+def _grouped_batch(seed):
+  """The toy batch with each group's G rows sharing one prompt (as sampled rows do); one prompt is left-padded."""
+  graphdef, params, batch = _toy_setup(seed)
+  first = (np.arange(R) // G) * G
+  batch.tokens_RxS[:, :TP] = batch.tokens_RxS[first, :TP]
+  batch.valid_RxS[:, :TP] = batch.valid_RxS[first, :TP]
+  batch.valid_RxS[4:8, :3] = False  # the second prompt has 3 pad columns
+  return graphdef, params, batch
+
+
+@pytest.mark.parametrize("rows,kl_beta", [(np.arange(R), 0.0), (np.array([0, 2, 5]), 0.0), (np.arange(R), 0.5)])
+def test_shared_prompt_backprop_equals_per_row(rows, kl_beta):
+  """Running each prompt once per group (prompt_group=G) gives the per-row gradient; with rows [0, 2, 5] the
+  groups are packed whole and the rows not given weigh nothing."""
+  graphdef, params, batch = _grouped_batch(7)
+  adv = np.random.RandomState(3).randn(R).astype(np.float32)
+  weights = token_weights(batch.completion_mask_RxN, np.ones(R), "seq_mean")
+  cfg = LossConfig(temperature=0.9, kl_beta=kl_beta)
+  ref_params = jax.tree.map(lambda x: x * 1.01, params) if kl_beta else None
+
+  def run(group):
+    learner = Learner(graphdef, optax.sgd(1.0), cfg, TP, prompt_group=group)
+    mbs = pack_micro_batches(batch, adv, weights, rows, 4, group)
+    acc, total = learner.zero_grads(params), 0.0
+    for i in range(mbs.num_micro):
+      acc, stats = learner.micro_step(params, acc, ref_params, mbs[i])
+      total += float(stats["loss"])
+    return acc, total, mbs.num_micro
+
+  per_row, loss_row, n_row = run(1)
+  shared, loss_shared, n_shared = run(G)
+  assert (n_row, n_shared) == ((2, 2) if len(rows) == R else (1, 2))  # [0, 2, 5]: 2 groups packed, 5 rows masked
+  np.testing.assert_allclose(loss_shared, loss_row, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(per_row), jax.tree.leaves(shared)):
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-7)
+  assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(shared)) > 1e-4
+
+
+def test_group_packing_masks_rows_not_given_and_checks_prompts():
+  _, _, batch = _grouped_batch(8)
+  adv = np.arange(1, R + 1, dtype=np.float32)
+  weights = np.ones((R, N), np.float32)
+  mbs = pack_micro_batches(batch, adv, weights, [5], 4, G)  # one row of the second group
+  assert mbs.num_micro == 1
+  np.testing.assert_array_equal(mbs.tokens[0], batch.tokens_RxS[4:8])
+  np.testing.assert_array_equal(mbs.row_mask[0], [False, True, False, False])
+  np.testing.assert_array_equal(mbs.adv[0], [0, 6, 0, 0])
+  assert mbs.weights[0].sum() == N
+  _, _, mixed = _toy_setup(8)  # rows with different prompts inside a group
+  with pytest.raises(ValueError, match="share their prompt"):
+    pack_micro_batches(mixed, adv, weights, [0, 1], 4, G)
+
+
 def test_filler_rows_weigh_nothing():
   """A micro-batch padded with filler rows gives the same gradient as the real rows alone."""
   graphdef, params, batch = _toy_setup(5)

@@ -11,7 +11,7 @@ Modes = rl.algo (one optimizer update = P prompts * G samples, backprop in micro
 Settings follow the peers: float32, KL off (no reference model), on-policy (no old-logp pass), constant-length
 (Dr. GRPO) loss aggregation, AdamW with global-norm clipping 1.0, temperature from the spec, no top-k/top-p.
 dashjax's own defaults are kept where they are dashjax features (the sampler shares each prompt's KV across its G
-samples: sampling.share_prefix=True).
+samples: sampling.share_prefix=True; backprop runs each prompt once per group: train.share_prompts=True).
 """
 
 from __future__ import annotations

@@ -98,18 +98,35 @@ class MicroBatches:
     return {f.name: getattr(self, f.name)[i] for f in dataclasses.fields(self)}
 
 
-def pack_micro_batches(batch: RolloutBatch, adv_R, weights_RxN, rows_R, micro_batch_size: int) -> MicroBatches:
+def pack_micro_batches(batch: RolloutBatch, adv_R, weights_RxN, rows_R, micro_batch_size: int,
+                       group: int = 1) -> MicroBatches:
   """Packs the given rows into ceil(len/M) micro-batches of exactly M rows.
 
-  The last one is filled with copies of a real row whose weights and advantages are 0 and whose row_mask is False,
+  The last one is filled with copies of real rows whose weights and advantages are 0 and whose row_mask is False,
   so shapes never change (no recompilation) and the filler contributes exactly nothing.
+
+  With `group` = g > 1 (the learner runs each prompt once per group of g rows), rows are packed as whole groups of
+  g consecutive batch rows: a group with any row given is packed entire, its other rows masked like filler. When
+  filtering drops whole groups (binary rewards: a group is dropped exactly when all its rewards are equal) this
+  costs nothing.
   """
   rows_R = np.asarray(rows_R, np.int64)
-  num_micro = -(-len(rows_R) // micro_batch_size)
-  fill = num_micro * micro_batch_size - len(rows_R)
-  filler = rows_R[:1] if len(rows_R) else np.zeros(1, np.int64)
-  idx = np.concatenate([rows_R, np.repeat(filler, fill)])
-  real = np.arange(len(idx)) < len(rows_R)
+  if group > 1:
+    if micro_batch_size % group:
+      raise ValueError(f"micro_batch_size={micro_batch_size} must be a multiple of the prompt group {group}")
+    groups = np.unique(rows_R // group)
+    idx = (groups[:, None] * group + np.arange(group)[None, :]).reshape(-1)
+    prompts = batch.tokens_RxS[idx, :batch.prompt_len].reshape(len(groups), group, -1)
+    if not (prompts == prompts[:, :1]).all():
+      raise ValueError(f"rows packed in groups of {group} must share their prompt (rows must be prompt-major)")
+    real = np.isin(idx, rows_R)
+  else:
+    idx, real = rows_R, np.ones(len(rows_R), bool)
+  num_micro = -(-len(idx) // micro_batch_size)
+  fill = num_micro * micro_batch_size - len(idx)
+  filler = idx[:group] if len(idx) else np.zeros(group, np.int64)
+  idx = np.concatenate([idx, np.tile(filler, fill // group)])
+  real = np.concatenate([real, np.zeros(fill, bool)])
 
   def stack(x):
     return x.reshape(num_micro, micro_batch_size, *x.shape[1:])

@@ -88,7 +88,7 @@ class Trainer:
                             on_policy=c.rl.algo not in ("ppo_multi", "ppo_mini"), clip_eps=c.rl.clip_eps,
                             kl_beta=c.rl.kl_beta, kl_estimator=c.rl.kl_estimator)
     self.learner = Learner(self.graphdef, self.optimizer, loss_cfg, c.data.max_prompt_tokens,
-                           param_shardings=self.learner_shardings)
+                           param_shardings=self.learner_shardings, prompt_group=plan.learner_prompt_group)
     self.updater = Updater(self.learner, self.mesh, plan.micro_batch_size,
                            "token_mean" if c.mode == "sft" else c.rl.loss_aggregation, c.rl.filter_normalization)
     # The KL reference is the initial policy; with kl_beta == 0 it is never kept nor run.

@@ -47,7 +47,7 @@ class Updater:
 
   def accumulate(self, params, grads, ref_params, batch, adv, weights, rows, result: UpdateResult):
     """Adds the gradient of the given rows' terms to `grads`, running ceil(len(rows) / M) micro-steps."""
-    mbs = pack_micro_batches(batch, adv, weights, rows, self.mb)
+    mbs = pack_micro_batches(batch, adv, weights, rows, self.mb, self.learner.prompt_group)
     for i in range(mbs.num_micro):
       mb = {k: put(v, batch_sharding(self.mesh, v.ndim)) for k, v in mbs[i].items()}
       grads, stats = self.learner.micro_step(params, grads, ref_params, mb)
