@@ -16,8 +16,8 @@ Sections (every timed call waits for its result; variants are called alternately
      trace: matmul fusions, vocabulary-sized ops (LM head, log-softmax, token draw), other element-wise ops and
      copies, forward vs backward.
   5. per-update fixed costs: the zeroed accumulator, the AdamW step, a gradient-tree add.
-  6. host sync: `Updater.accumulate` reads each micro-step's stats with float() (a wait per micro-step); the
-     alternative reads them all after the last micro-step.
+  6. host sync: reading each micro-step's stats with float() (a wait per micro-step) against reading them all
+     after the last micro-step, as `Updater.accumulate` does.
 """
 
 from __future__ import annotations
@@ -277,25 +277,31 @@ def main(argv=None):
   weights = updater.weights(batch, all_rows, all_rows)
   adv = np.ones(R, np.float32)
 
-  def synced():
-    return updater.accumulate(params, learner.zero_grads(params), None, batch, adv, weights, all_rows,
-                              UpdateResult(None, None))
+  from dashjax.parallel.distributed import put
+  from dashjax.parallel.mesh import batch_sharding
+  from dashjax.rl.batching import pack_micro_batches
 
-  def deferred():
-    from dashjax.parallel.distributed import put
-    from dashjax.parallel.mesh import batch_sharding
-    from dashjax.rl.batching import pack_micro_batches
-
+  def run_micro_steps(read_each: bool):
     mbs = pack_micro_batches(batch, adv, weights, all_rows, 4)
-    g, kept = learner.zero_grads(params), []
+    g, kept, result = learner.zero_grads(params), [], UpdateResult(None, None)
     for i in range(mbs.num_micro):
       g, stats = learner.micro_step(params, g, None, {k: put(v, batch_sharding(mesh, v.ndim))
                                                       for k, v in mbs[i].items()})
-      kept.append(stats)
-    UpdateResult(None, None).add_stats(jax.tree.map(lambda *x: sum(x), *kept))
+      if read_each:
+        result.add_stats(stats)  # float(): waits for this micro-step before the next is dispatched
+      else:
+        kept.append(stats)
+    for stats in kept:
+      result.add_stats(stats)
     return g
 
-  hs = interleaved({"float() after every micro-step (current)": synced, "read after the last one": deferred},
+  def updater_accumulate():  # what the trainer runs
+    return updater.accumulate(params, learner.zero_grads(params), None, batch, adv, weights, all_rows,
+                              UpdateResult(None, None))
+
+  hs = interleaved({"float() after every micro-step": functools.partial(run_micro_steps, True),
+                    "read after the last one": functools.partial(run_micro_steps, False),
+                    "Updater.accumulate (dashjax)": updater_accumulate},
                    2 if args.quick else 3)
   out["host_sync_s"] = hs
   log("\n" + table(["8 micro-steps, stats read", "seconds"], [[k, f"{v:.2f}"] for k, v in hs.items()]))

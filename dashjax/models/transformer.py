@@ -241,6 +241,11 @@ class Transformer(nnx.Module):
 
     Rows are grouped over the prompt cache: with P prompts and B rows, row b reads prompt b // (B // P).
     """
+    h, cache = self.decode_hidden(tokens_BxT, positions_BxT, prefix, cache, step)
+    return self.logits(h), cache
+
+  def decode_hidden(self, tokens_BxT, positions_BxT, prefix: PromptCache, cache: DecodeCache, step):
+    """`decode` without the output projection: last hidden states [B, T, D] and the cache."""
     B, T = tokens_BxT.shape
     group = B // prefix.valid_BpxS.shape[0]
     prefix_mask = jnp.repeat(prefix.valid_BpxS, group, axis=0)[:, None, None, None, :]
@@ -251,4 +256,4 @@ class Transformer(nnx.Module):
     for layer, pkv, ckv in zip(self.layers, prefix.layers, cache.layers):
       x, kv = layer.decode(x, positions_BxT, pkv, prefix_mask, group, ckv, step, gen_mask)
       new_layers.append(kv)
-    return self.logits(x), DecodeCache(tuple(new_layers))
+    return x, DecodeCache(tuple(new_layers))

@@ -59,15 +59,17 @@ def _shared_prompt_logits(model, tokens_MxS, valid_MxS, prompt_len: int, group: 
   pvalid_PxT = valid_MxS[:, :prompt_len].reshape(M // group, group, prompt_len)[:, 0]
   h_PxTxD, kvs = model.hidden(prompts_PxT, pvalid_PxT)
   # The prompt's last position predicts the first completion token, identically for the whole group.
-  first_Mx1xV = jnp.repeat(model.logits(h_PxTxD[:, -1:]), group, axis=0)
+  first_Mx1xD = jnp.repeat(h_PxTxD[:, -1:], group, axis=0)
   if n == 1:
-    return first_Mx1xV
+    return model.logits(first_Mx1xD)
   inputs_MxT = tokens_MxS[:, prompt_len:-1]
   start_M = jnp.repeat(jnp.sum(pvalid_PxT, axis=-1, dtype=jnp.int32), group)
   positions_MxT = start_M[:, None] + jnp.arange(n - 1)[None, :]
   cache = model.init_decode_cache(M, n - 1)
-  rest_MxTxV, _ = model.decode(inputs_MxT, positions_MxT, PromptCache(kvs, pvalid_PxT), cache, 0)
-  return jnp.concatenate([first_Mx1xV, rest_MxTxV], axis=1)
+  rest_MxTxD, _ = model.decode_hidden(inputs_MxT, positions_MxT, PromptCache(kvs, pvalid_PxT), cache, 0)
+  # One vocabulary projection over all N positions: joining hidden states (not logits) avoids a single-row
+  # projection and copying [M, N, V] logits (and their gradient) through a concatenation.
+  return model.logits(jnp.concatenate([first_Mx1xD, rest_MxTxD], axis=1))
 
 
 def micro_loss(params, graphdef, ref_params, mb: dict, prompt_len: int, cfg: LossConfig, prompt_group: int = 1):

@@ -48,10 +48,13 @@ class Updater:
   def accumulate(self, params, grads, ref_params, batch, adv, weights, rows, result: UpdateResult):
     """Adds the gradient of the given rows' terms to `grads`, running ceil(len(rows) / M) micro-steps."""
     mbs = pack_micro_batches(batch, adv, weights, rows, self.mb, self.learner.prompt_group)
+    pending = []
     for i in range(mbs.num_micro):
       mb = {k: put(v, batch_sharding(self.mesh, v.ndim)) for k, v in mbs[i].items()}
       grads, stats = self.learner.micro_step(params, grads, ref_params, mb)
-      result.add_stats(stats)  # reading the stats waits for this micro-step; the next one is queued right after
+      pending.append(stats)  # read after the loop: a read here would stall dispatch of the next micro-step
+    for stats in pending:
+      result.add_stats(stats)
     result.micro_steps += mbs.num_micro
     return grads
 
