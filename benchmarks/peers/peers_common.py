@@ -27,14 +27,32 @@ def contains_gold(completion: str, target) -> float:
   return float(bool(t) and t in completion)
 
 
-def load_spec(argv=None) -> dict:
+def load_spec(modes: tuple[str, ...], argv=None) -> dict:
+  """The spec named on the command line, with its mode checked against the driver's `modes`."""
   argv = sys.argv[1:] if argv is None else argv
+  script = os.path.basename(sys.argv[0])
   if len(argv) != 1:
-    sys.exit(f"usage: {os.path.basename(sys.argv[0])} SPEC.json")
+    sys.exit(f"usage: {script} SPEC.json")
   with open(argv[0]) as f:
     spec = json.load(f)
+  if spec["mode"] not in modes:
+    sys.exit(f"{script}: mode {spec['mode']!r} is not one of {modes}")
   spec["rows_per_update"] = spec["prompts_per_update"] * spec["G"]
   return spec
+
+
+def dist_version(dist: str) -> str:
+  from importlib.metadata import version
+
+  return version(dist)
+
+
+def run_driver(main, check_logits=None):
+  """A driver's entry point: `SPEC.json` runs `main`; `--check-logits MODEL_DIR REF.npz KEY` runs `check_logits`."""
+  if check_logits is not None and len(sys.argv) == 5 and sys.argv[1] == "--check-logits":
+    check_logits(*sys.argv[2:5])
+  else:
+    main()
 
 
 def read_prompts(path: str) -> list[dict]:

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peers_common import Clock, finish, load_spec  # noqa: E402
+from peers_common import Clock, dist_version, finish, load_spec, run_driver  # noqa: E402
 
 MODES = ("grpo", "pg", "dash")
 
@@ -84,9 +84,7 @@ def check_logits(folder: str, ref_npz: str, key: str):
 
 
 def main():
-  spec = load_spec()
-  if spec["mode"] not in MODES:
-    sys.exit(f"run_dashjax.py: mode {spec['mode']!r} is not one of {MODES}")
+  spec = load_spec(MODES)
   clock = Clock()
   import jax
 
@@ -106,7 +104,7 @@ def main():
   warm = spec["warmup_updates"]
   timed = steps[warm:]
   finish(spec, "dashjax", spec["mode"], marks, setup_s,
-         {"dashjax": getattr(dashjax, "__version__", "?"), "jax": jax.__version__, "flax": _version("flax")},
+         {"dashjax": getattr(dashjax, "__version__", "?"), "jax": jax.__version__, "flax": dist_version("flax")},
          {"steps": steps,
           "kept_fraction_mean": sum(s["kept_fraction"] for s in timed) / max(len(timed), 1),
           "micro_steps_mean": sum(s["micro_steps"] for s in timed) / max(len(timed), 1),
@@ -115,14 +113,5 @@ def main():
   shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _version(dist: str) -> str:
-  from importlib.metadata import version
-
-  return version(dist)
-
-
 if __name__ == "__main__":
-  if len(sys.argv) == 5 and sys.argv[1] == "--check-logits":
-    check_logits(*sys.argv[2:5])
-  else:
-    main()
+  run_driver(main, check_logits)

@@ -25,16 +25,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peers_common import Clock, contains_gold, finish, load_spec, read_prompts  # noqa: E402
+from peers_common import Clock, contains_gold, finish, load_spec, read_prompts, run_driver  # noqa: E402
 
 MODES = ("standard", "best", "default")
 
 
 def main():
-  spec = load_spec()
+  spec = load_spec(MODES)
   mode = spec["mode"]
-  if mode not in MODES:
-    sys.exit(f"run_trl.py: mode {mode!r} is not one of {MODES}")
   clock = Clock()
   import datasets
   import torch
@@ -96,4 +94,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  run_driver(main)

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peers_common import Clock, contains_gold, finish, load_spec, read_prompts  # noqa: E402
+from peers_common import Clock, contains_gold, dist_version, finish, load_spec, read_prompts, run_driver  # noqa: E402
 
 MODES = ("standard", "best")
 
@@ -85,10 +85,8 @@ def check_logits(folder: str, ref_npz: str, key: str):
 
 
 def main():
-  spec = load_spec()
+  spec = load_spec(MODES)
   mode = spec["mode"]
-  if mode not in MODES:
-    sys.exit(f"run_tunix.py: mode {mode!r} is not one of {MODES}")
   clock = Clock()
   import jax
   import optax
@@ -169,7 +167,7 @@ def main():
   with mesh:
     learner.train(batches)
   finish(spec, "tunix", mode, marks, setup_s,
-         {"google-tunix": _version("google-tunix"), "jax": jax.__version__, "flax": _version("flax"),
+         {"google-tunix": dist_version("google-tunix"), "jax": jax.__version__, "flax": dist_version("flax"),
           "transformers": transformers.__version__},
          {"rollout_micro_batch_size_prompts": training.rollout_micro_batch_size,
           "train_micro_batch_size_prompts": train_micro, "mini_batch_size_prompts": P,
@@ -177,14 +175,5 @@ def main():
   shutil.rmtree(log_dir, ignore_errors=True)
 
 
-def _version(dist: str) -> str:
-  from importlib.metadata import version
-
-  return version(dist)
-
-
 if __name__ == "__main__":
-  if len(sys.argv) == 5 and sys.argv[1] == "--check-logits":
-    check_logits(*sys.argv[2:5])
-  else:
-    main()
+  run_driver(main, check_logits)

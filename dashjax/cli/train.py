@@ -49,8 +49,6 @@ def _main(argv):
     summary = trainer.run(progress=FLAGS.progress)
   finally:
     trainer.close()
-  import jax
-
   if jax.process_index() == 0:
     _print_summary(summary)
   return 0
