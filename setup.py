@@ -29,13 +29,17 @@ setup(
     ],
     extras_require={
         # torch is used only by parity tests against transformers' PyTorch models (CPU build).
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "accelerate"],
+        # libtpu (through jax's own tpu extra, matched to the jax version) for TPU runs and for `dashjax-fit
+        # --topology`, which compiles for a TPU slice on any machine.
+        "tpu": ["jax[tpu]"],
+        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "accelerate", "jax[tpu]"],
     },
     entry_points={
         "console_scripts": [
             "dashjax-generate=dashjax.cli.generate:main",
             "dashjax-train=dashjax.cli.train:main",
             "dashjax-eval=dashjax.cli.eval:main",
+            "dashjax-fit=dashjax.cli.fit:main",
         ],
     },
 )

@@ -15,7 +15,7 @@ def get_config(size: str = "0.5b"):
     raise ValueError(f"unknown size {size!r}; use one of {sorted(MODELS)} as configs/qwen25_math.py:SIZE")
   c = base_config()
   c.model.source = MODELS[size]
-  c.model.dtype = "bfloat16"
+  c.model.dtype = "bfloat16"  # compute; parameters, gradients and Adam moments stay float32 (model.param_dtype)
   c.data.source = "file"
   c.data.task = "math"
   c.data.path = "data/MATH/train.jsonl"
@@ -36,6 +36,11 @@ def get_config(size: str = "0.5b"):
   c.sampling.max_new_tokens = 2048
   c.sampling.temperature = 0.9
   c.train.micro_batch_size = 8
+  # Memory for 2304-token rows (see docs/paper_scale.md): recompute each layer in backprop, project the 151936-id
+  # vocabulary 256 positions at a time, blockwise attention on TPU (cuDNN on GPU).
+  c.train.remat = "full"
+  c.train.logprob_chunk = 256
+  c.train.attention = "auto"
   c.train.num_steps = 561  # 3 epochs of 12k problems at 64 per step
   c.train.learning_rate = 3e-6
   c.train.lr_schedule = "linear"

@@ -19,7 +19,9 @@ PREEMPTIVE = ("dash", "pg", "ppo_multi", "ppo_mini")  # one large sampling pass 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "rl"  # "rl" or "sft"
-  c.model = dict(source="smollm2-135m-instruct", dtype="float32")
+  # dtype: compute; param_dtype: storage of parameters, gradients and optimizer moments (keep float32: an update at
+  # lr 3e-6 is below half a bfloat16 ulp of almost every weight and would round away)
+  c.model = dict(source="smollm2-135m-instruct", dtype="float32", param_dtype="float32")
   c.data = dict(source="gym", task="basic_arithmetic", task_kwargs={}, train_size=2000, heldout_size=200, seed=0,
                 template="chat", instruction="", max_prompt_tokens=64, path="", heldout_path="", name="",
                 config_name="", split="train", heldout_split="", problem_field="problem", answer_field="answer",
@@ -43,7 +45,11 @@ def base_config() -> ml_collections.ConfigDict:
                  weight_decay=0.0, max_grad_norm=1.0, seed=0, checkpoint_every=10, keep_checkpoints=2,
                  sft_epochs=1,
                  # Backprop runs each prompt once per group of G rows (exact; applies when micro_batch_size % G == 0)
-                 share_prompts=True)
+                 share_prompts=True,
+                 # Training memory (each computes the same gradient): per-layer rematerialization (none, full,
+                 # save_dots), completion log-probs `logprob_chunk` positions at a time (0: all at once), and the
+                 # learner's attention (auto, plain, blockwise, fused) with `attention_block` keys per block.
+                 remat="none", logprob_chunk=0, attention="auto", attention_block=512)
   c.eval = dict(num_prompts=200, samples=1, temperature=0.0, max_new_tokens=0, batch_size=64, before=True,
                 after=True, every=0)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices
@@ -155,6 +161,18 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
              "train.lr_schedule": (tr.lr_schedule, ("constant", "linear")),
              "data.template": (c.data.template, ("raw", "chat")),
              "data.source": (c.data.source, ("gym", "file", "hub"))}
+  from dashjax.models.compute import ATTENTION_IMPLS, REMAT_POLICIES
+  from dashjax.models.config import DTYPE_NAMES
+
+  choices.update({"model.dtype": (c.model.dtype, DTYPE_NAMES),
+                  "model.param_dtype": (c.model.get("param_dtype", "float32"), DTYPE_NAMES),
+                  "train.remat": (tr.get("remat", "none"), REMAT_POLICIES),
+                  "train.attention": (tr.get("attention", "auto"), ATTENTION_IMPLS)})
+  for name, v in (("train.logprob_chunk", tr.get("logprob_chunk", 0)),):
+    if int(v) < 0:
+      raise ConfigError(f"{name}={v} must be >= 0 (0: the whole completion at once)")
+  if int(tr.get("attention_block", 512)) < 1:
+    raise ConfigError(f"train.attention_block={tr.attention_block} must be >= 1")
   if c.reward.fn not in ("gym", "math", "contains") and ":" not in c.reward.fn:
     raise ConfigError(f"reward.fn={c.reward.fn!r} is not 'gym', 'math', 'contains' or a 'module:function' path")
   for name, (value, allowed) in choices.items():

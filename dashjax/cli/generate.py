@@ -35,7 +35,7 @@ def main(argv=None):
   import dashjax
 
   t0 = time.perf_counter()
-  model, tokenizer = dashjax.load_model(args.model, dtype=args.dtype)
+  model, tokenizer = dashjax.load_model(args.model, dtype=args.dtype, param_dtype=args.dtype)  # inference only
   cfg = model.cfg
   print(f"loaded {args.model}: {cfg.model_type}, {cfg.num_layers} layers, d={cfg.hidden_size}, "
         f"vocab={cfg.vocab_size} in {time.perf_counter() - t0:.1f}s")

@@ -311,7 +311,7 @@ def _finish_tokenizer(tokenizer):
   return tokenizer
 
 
-def load_gguf(path: str, dtype="float32"):
+def load_gguf(path: str, dtype="float32", param_dtype="float32"):
   """(model, tokenizer) from a llama-architecture .gguf file; quantized weights are dequantized to `dtype`."""
   t0 = time.perf_counter()
   gf = GGUFFile(path)
@@ -323,7 +323,7 @@ def load_gguf(path: str, dtype="float32"):
   t3 = time.perf_counter()
   tensors = _read_tensors(gf, cfg)
   t4 = time.perf_counter()
-  model = build_model(cfg, hf_to_pure(tensors, cfg), dtype)
+  model = build_model(cfg, hf_to_pure(tensors, cfg), dtype, param_dtype)
   t5 = time.perf_counter()
   log.info("loaded %s: header %.2fs, tokenizer %.2fs, config %.2fs, dequantize %.2fs, build %.2fs",
            os.path.basename(path), t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)

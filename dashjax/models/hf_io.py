@@ -148,14 +148,14 @@ def model_to_pure_numpy(model: Transformer) -> dict:
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x), dtype=np.float32), nnx.to_pure_dict(state))
 
 
-def load_hf_folder(folder: str, dtype="float32"):
+def load_hf_folder(folder: str, dtype="float32", param_dtype="float32"):
   """(model, tokenizer) from a local Hugging Face folder: config.json, *.safetensors, tokenizer files."""
   from transformers import AutoConfig, AutoTokenizer
 
   if not os.path.exists(os.path.join(folder, "config.json")):
     raise FileNotFoundError(f"{folder!r} has no config.json; expected a Hugging Face model folder")
   cfg = ModelConfig.from_hf(AutoConfig.from_pretrained(folder))
-  model = build_model(cfg, hf_to_pure(read_safetensors(folder), cfg), dtype)
+  model = build_model(cfg, hf_to_pure(read_safetensors(folder), cfg), dtype, param_dtype)
   tokenizer = AutoTokenizer.from_pretrained(folder)
   return model, tokenizer
 

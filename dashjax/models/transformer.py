@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dashjax.models.attention import Segment, attend
+from dashjax.models.compute import PLAIN, ComputeOptions, einsum_f32, remat_policy
 from dashjax.models.config import ModelConfig
 from dashjax.models.rope import apply_rope, inverse_frequencies
-
-_NEG_INF = -1e30
 
 
 class LayerKV(NamedTuple):
@@ -71,30 +71,6 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
 
 
-def _attend(q_BxKxRxTxD, segments, scale):
-  """Softmax attention over several KV segments at once.
-
-  Each segment is (k [Bs, K, S, D], v, mask broadcastable to [B, 1, 1, T, S], group) where `group`
-  consecutive query rows share one KV row (Bs = B // group): that is how G samples of a prompt read its
-  prompt cache without copying it.
-  """
-  B, K, R, T, D = q_BxKxRxTxD.shape
-  scores = []
-  for k, v, mask, group in segments:
-    qg = q_BxKxRxTxD.reshape(B // group, group, K, R, T, D)
-    s = jnp.einsum("bgkrtd,bksd->bgkrts", qg, k, preferred_element_type=jnp.float32)
-    s = s.reshape(B, K, R, T, -1) * scale
-    scores.append(jnp.where(mask, s, _NEG_INF))
-  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-  out, start = 0.0, 0
-  for (k, v, mask, group), s in zip(segments, scores):
-    p = probs[..., start:start + s.shape[-1]].astype(v.dtype)
-    start += s.shape[-1]
-    pg = p.reshape(B // group, group, K, R, T, -1)
-    out = out + jnp.einsum("bgkrts,bksd->bgkrtd", pg, v, preferred_element_type=jnp.float32).reshape(B, K, R, T, D)
-  return out
-
-
 class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, dtype, param_dtype, rngs):
     d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -129,24 +105,30 @@ class Attention(nnx.Module):
     out = out_BxKxRxTxD.reshape(B, K * R, T, D).transpose(0, 2, 1, 3).reshape(B, T, K * R * D)
     return self.o(out.astype(dtype))
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_Bx1x1xTxS):
-    """Self-attention over the sequence itself; also returns its KV (the prompt cache in prefill)."""
-    cfg = self.cfg
+  def __call__(self, x_BxTxD, positions_BxT, valid_BxT, opts: ComputeOptions = PLAIN):
+    """Causal self-attention over the sequence itself; also returns its KV (the prompt cache in prefill)."""
     q, k, v = self._project(x_BxTxD, positions_BxT)
-    B, _, T, D = q.shape
-    qr = q.reshape(B, cfg.num_kv_heads, -1, T, D)
-    out = _attend(qr, [(k, v, mask_Bx1x1xTxS, 1)], cfg.head_dim ** -0.5)
+    out = self._attend(q, [Segment(k, v, valid_BxT, 1, 0)], opts)
     return self._output(out, x_BxTxD.dtype), LayerKV(k, v)
 
-  def decode(self, x_BxTxD, positions_BxT, prefix: LayerKV, prefix_mask, group, cache: LayerKV, step, gen_mask):
-    cfg = self.cfg
+  def decode(self, x_BxTxD, positions_BxT, prefix: LayerKV, prefix_valid_BpxS, cache: LayerKV | None, step, *,
+             group: int, opts: ComputeOptions = PLAIN):
+    """T new tokens per row against the prompt cache and the row's generated tokens (written at slots
+    [step, step+T) of `cache`; with cache=None the T tokens are all there is, as in the learner)."""
     q, k, v = self._project(x_BxTxD, positions_BxT)
-    k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), step, axis=2)
-    v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), step, axis=2)
-    B, _, T, D = q.shape
-    qr = q.reshape(B, cfg.num_kv_heads, -1, T, D)
-    out = _attend(qr, [(prefix.k, prefix.v, prefix_mask, group), (k_all, v_all, gen_mask, 1)], cfg.head_dim ** -0.5)
+    if cache is None:
+      k_all, v_all = k, v
+    else:
+      k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), step, axis=2)
+      v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), step, axis=2)
+    segments = [Segment(prefix.k, prefix.v, prefix_valid_BpxS, group, None), Segment(k_all, v_all, None, 1, step)]
+    out = self._attend(q, segments, opts)
     return self._output(out, x_BxTxD.dtype), LayerKV(k_all, v_all)
+
+  def _attend(self, q_BxHxTxD, segments, opts: ComputeOptions):
+    B, _, T, D = q_BxHxTxD.shape
+    qr = q_BxHxTxD.reshape(B, self.cfg.num_kv_heads, -1, T, D)
+    return attend(qr, segments, self.cfg.head_dim ** -0.5, opts.attention, opts.attention_block)
 
 
 class MLP(nnx.Module):
@@ -168,15 +150,39 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype)
     self.mlp = MLP(cfg, **kw)
 
-  def __call__(self, x, positions, mask):
-    a, kv = self.attn(self.attn_norm(x), positions, mask)
+  def __call__(self, x, positions, valid, opts: ComputeOptions = PLAIN):
+    a, kv = self.attn(self.attn_norm(x), positions, valid, opts)
     x = x + a
     return x + self.mlp(self.mlp_norm(x)), kv
 
-  def decode(self, x, positions, *attn_args):
-    a, kv = self.attn.decode(self.attn_norm(x), positions, *attn_args)
+  def decode(self, x, positions, *attn_args, group: int, opts: ComputeOptions = PLAIN):
+    a, kv = self.attn.decode(self.attn_norm(x), positions, *attn_args, group=group, opts=opts)
     x = x + a
     return x + self.mlp(self.mlp_norm(x)), kv
+
+
+def _cast_floats(tree, dtype):
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def _run_layer(layer: Block, method: str, opts: ComputeOptions, dtype, *arrays, **static):
+  """Calls `layer.method(*arrays, opts=opts, **static)`, rematerialized and with gathered weights as `opts` say.
+
+  The weights are cast to the compute dtype before the gather (half the bytes moved) and inside the remat region
+  (the gathered copy is dropped after the layer and rebuilt in backprop, so at most one layer's is ever whole).
+  """
+  if opts.remat == "none" and opts.gather is None:
+    return getattr(layer, method)(*arrays, opts=opts, **static)
+  graphdef, state = nnx.split(layer)
+
+  def run(state, *arrays):
+    if opts.gather is not None:
+      state = opts.gather(_cast_floats(state, dtype))
+    return getattr(nnx.merge(graphdef, state), method)(*arrays, opts=opts, **static)
+
+  if opts.remat != "none":
+    run = jax.checkpoint(run, policy=remat_policy(opts.remat))
+  return run(state, *arrays)
 
 
 def positions_from_valid(valid_BxT):
@@ -196,27 +202,35 @@ class Transformer(nnx.Module):
     self.lm_head = None if cfg.tie_word_embeddings else Linear(
         cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def logits(self, h_BxTxD):
+  def _weight(self, opts: ComputeOptions, tree):
+    """A top-level weight in the compute dtype, gathered over FSDP when `opts` say so."""
+    tree = _cast_floats(tree, self.dtype)
+    return tree if opts.gather is None else opts.gather(tree)
+
+  def logits(self, h_BxTxD, opts: ComputeOptions = PLAIN):
     """Final norm and output projection, logits in float32."""
     h = self.final_norm(h_BxTxD)
     if self.lm_head is None:
-      return jnp.einsum("btd,vd->btv", h, self.embed[...].astype(h.dtype), preferred_element_type=jnp.float32)
-    return jnp.einsum("btd,dv->btv", h, self.lm_head.kernel[...].astype(h.dtype),
-                      preferred_element_type=jnp.float32)
+      w = self._weight(opts, {"embed": self.embed[...]})["embed"]
+      return einsum_f32("btd,vd->btv", h, w.astype(h.dtype))
+    w = self._weight(opts, {"lm_head": {"kernel": self.lm_head.kernel[...]}})["lm_head"]["kernel"]
+    return einsum_f32("btd,dv->btv", h, w.astype(h.dtype))
 
-  def hidden(self, tokens_BxT, valid_BxT=None, positions_BxT=None):
+  def embed_tokens(self, tokens_BxT, opts: ComputeOptions = PLAIN):
+    return self._weight(opts, {"embed": self.embed[...]})["embed"][tokens_BxT]
+
+  def hidden(self, tokens_BxT, valid_BxT=None, positions_BxT=None, opts: ComputeOptions = PLAIN):
     """Runs all layers over full sequences; returns the last hidden states and each layer's KV."""
     if valid_BxT is None:
       valid_BxT = jnp.ones(tokens_BxT.shape, bool)
     if positions_BxT is None:
       positions_BxT = positions_from_valid(valid_BxT)
-    T = tokens_BxT.shape[1]
-    causal = jnp.tril(jnp.ones((T, T), bool))
-    mask = causal[None, None, None] & valid_BxT[:, None, None, None, :]
-    x = self.embed[...].astype(self.dtype)[tokens_BxT]
+    x = self.embed_tokens(tokens_BxT, opts)
     kvs = []
     for layer in self.layers:
-      x, kv = layer(x, positions_BxT, mask)
+      if opts.constrain is not None:
+        x = opts.constrain(x)
+      x, kv = _run_layer(layer, "__call__", opts, self.dtype, x, positions_BxT, valid_BxT)
       kvs.append(kv)
     return x, tuple(kvs)
 
@@ -244,16 +258,21 @@ class Transformer(nnx.Module):
     h, cache = self.decode_hidden(tokens_BxT, positions_BxT, prefix, cache, step)
     return self.logits(h), cache
 
-  def decode_hidden(self, tokens_BxT, positions_BxT, prefix: PromptCache, cache: DecodeCache, step):
-    """`decode` without the output projection: last hidden states [B, T, D] and the cache."""
-    B, T = tokens_BxT.shape
-    group = B // prefix.valid_BpxS.shape[0]
-    prefix_mask = jnp.repeat(prefix.valid_BpxS, group, axis=0)[:, None, None, None, :]
-    S = cache.layers[0].k.shape[2]
-    gen_mask = (jnp.arange(S)[None, :] <= step + jnp.arange(T)[:, None])[None, None, None]
-    x = self.embed[...].astype(self.dtype)[tokens_BxT]
+  def decode_hidden(self, tokens_BxT, positions_BxT, prefix: PromptCache, cache: DecodeCache | None, step,
+                    opts: ComputeOptions = PLAIN):
+    """`decode` without the output projection: last hidden states [B, T, D] and the cache.
+
+    With cache=None the T tokens are a row's whole generation so far (the learner's completions): their keys are
+    the generated segment, with no cache slots to fill.
+    """
+    group = tokens_BxT.shape[0] // prefix.valid_BpxS.shape[0]
+    x = self.embed_tokens(tokens_BxT, opts)
     new_layers = []
-    for layer, pkv, ckv in zip(self.layers, prefix.layers, cache.layers):
-      x, kv = layer.decode(x, positions_BxT, pkv, prefix_mask, group, ckv, step, gen_mask)
+    caches = cache.layers if cache is not None else (None,) * len(self.layers)
+    for layer, pkv, ckv in zip(self.layers, prefix.layers, caches):
+      if opts.constrain is not None:
+        x = opts.constrain(x)
+      x, kv = _run_layer(layer, "decode", opts, self.dtype, x, positions_BxT, pkv, prefix.valid_BpxS, ckv, step,
+                         group=group)
       new_layers.append(kv)
     return x, DecodeCache(tuple(new_layers))

@@ -87,3 +87,44 @@ def place_params(params, mesh: Mesh, rules: dict):
 
 def state_of(model) -> "nnx.State":
   return nnx.split(model)[1]
+
+
+def gathered_rules(rules: dict) -> dict:
+  """The rules with the fsdp axis dropped: a weight as each device needs it for compute (tensor splits stay)."""
+  return {k: (None if v == "fsdp" else v) for k, v in rules.items()}
+
+
+def fsdp_gather(mesh: Mesh, rules: dict = LEARNER_RULES):
+  """For `ComputeOptions.gather`: constrains a parameter subtree to its gathered layout (an all-gather over fsdp in
+  the forward pass, a reduce-scatter of its gradient in the backward pass). None when fsdp is 1 (nothing to do)."""
+  if mesh.shape["fsdp"] == 1:
+    return None
+  rules = gathered_rules(rules)
+
+  def gather(tree):
+    return jax.tree.map(jax.lax.with_sharding_constraint, tree, param_shardings(tree, mesh, rules))
+
+  return gather
+
+
+def row_axes_for(mesh: Mesh, rows: int) -> tuple[str, ...] | None:
+  """The row axes that split `rows` evenly, largest first: (data, fsdp), else one of them, else None."""
+  for axes in (ROW_AXES, ("fsdp",), ("data",)):
+    n = int(np.prod([mesh.shape[a] for a in axes]))
+    if n > 1 and rows % n == 0:
+      return axes
+  return None
+
+
+def row_constraint(mesh: Mesh):
+  """For `ComputeOptions.constrain`: activations [rows, ...] stay split by rows over (data, fsdp), so no chip ever
+  holds the whole micro-batch's activations (the partitioner would otherwise follow the weights' fsdp split)."""
+  if mesh.shape["data"] * mesh.shape["fsdp"] == 1:
+    return None
+
+  def constrain(x):
+    axes = row_axes_for(mesh, x.shape[0])
+    spec = P(axes, *([None] * (x.ndim - 1))) if axes else P()
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+  return constrain

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dashjax.models.transformer import PromptCache
-from dashjax.rl.losses import kl_penalty, policy_loss, token_logprobs
+from dashjax.models.compute import PLAIN, ComputeOptions
+from dashjax.rl.losses import kl_penalty, policy_loss
+from dashjax.train.logprobs import completion_logprobs
 
 STAT_KEYS = ("loss", "pg_loss", "kl", "clip_frac", "weight", "entropy_proxy")
 
@@ -30,52 +31,11 @@ class LossConfig:
   kl_estimator: str = "k3"
 
 
-def completion_logprobs(model, tokens_MxS, valid_MxS, prompt_len: int, temperature: float, prompt_group: int = 1):
-  """Log-probs [M, N] of the completion tokens (the last N = S - prompt_len columns) under `model`.
-
-  The last token is never an input (nothing is predicted from it) and logits are formed only for completion
-  positions, which skips the vocabulary projection over the prompt. With `prompt_group` = g > 1, rows come in
-  groups of g consecutive rows with the same prompt; see `_shared_prompt_logits`.
-  """
-  if prompt_group > 1:
-    logits = _shared_prompt_logits(model, tokens_MxS, valid_MxS, prompt_len, prompt_group)
-  else:
-    h, _ = model.hidden(tokens_MxS[:, :-1], valid_MxS[:, :-1])
-    logits = model.logits(h[:, prompt_len - 1:])
-  return token_logprobs(logits, tokens_MxS[:, prompt_len:], temperature)
-
-
-def _shared_prompt_logits(model, tokens_MxS, valid_MxS, prompt_len: int, group: int):
-  """Completion logits [M, N, V] with each group's prompt run once instead of once per row.
-
-  The G samples of a prompt share it, so its forward (and backward) pass is computed for M / G rows; the
-  completions then attend to their group's prompt KV and causally to their own tokens, exactly as in the
-  sampler's decode. Gradients flowing into the prompt from all G rows are summed by autodiff, so the result is
-  the per-row computation's, at a fraction of the cost when prompts are long next to completions.
-  """
-  M, S = tokens_MxS.shape
-  n = S - prompt_len
-  prompts_PxT = tokens_MxS[:, :prompt_len].reshape(M // group, group, prompt_len)[:, 0]
-  pvalid_PxT = valid_MxS[:, :prompt_len].reshape(M // group, group, prompt_len)[:, 0]
-  h_PxTxD, kvs = model.hidden(prompts_PxT, pvalid_PxT)
-  # The prompt's last position predicts the first completion token, identically for the whole group.
-  first_Mx1xD = jnp.repeat(h_PxTxD[:, -1:], group, axis=0)
-  if n == 1:
-    return model.logits(first_Mx1xD)
-  inputs_MxT = tokens_MxS[:, prompt_len:-1]
-  start_M = jnp.repeat(jnp.sum(pvalid_PxT, axis=-1, dtype=jnp.int32), group)
-  positions_MxT = start_M[:, None] + jnp.arange(n - 1)[None, :]
-  cache = model.init_decode_cache(M, n - 1)
-  rest_MxTxD, _ = model.decode_hidden(inputs_MxT, positions_MxT, PromptCache(kvs, pvalid_PxT), cache, 0)
-  # One vocabulary projection over all N positions: joining hidden states (not logits) avoids a single-row
-  # projection and copying [M, N, V] logits (and their gradient) through a concatenation.
-  return model.logits(jnp.concatenate([first_Mx1xD, rest_MxTxD], axis=1))
-
-
-def micro_loss(params, graphdef, ref_params, mb: dict, prompt_len: int, cfg: LossConfig, prompt_group: int = 1):
+def micro_loss(params, graphdef, ref_params, mb: dict, prompt_len: int, cfg: LossConfig, prompt_group: int = 1,
+               opts: ComputeOptions = PLAIN, chunk: int = 0):
   """This micro-batch's exact share of the update's loss, and summed statistics."""
   model = nnx.merge(graphdef, params)
-  lp = completion_logprobs(model, mb["tokens"], mb["valid"], prompt_len, cfg.temperature, prompt_group)
+  lp = completion_logprobs(model, mb["tokens"], mb["valid"], prompt_len, cfg.temperature, prompt_group, opts, chunk)
   # Advantages are selected through the row mask inside the compiled loss, so filler rows weigh nothing even if a
   # caller forgot to zero their weights.
   adv = jnp.where(mb["row_mask"], mb["adv"], 0.0)
@@ -85,7 +45,7 @@ def micro_loss(params, graphdef, ref_params, mb: dict, prompt_len: int, cfg: Los
   kl = jnp.zeros(())
   if cfg.kl_beta > 0:
     ref_lp = jax.lax.stop_gradient(completion_logprobs(nnx.merge(graphdef, ref_params), mb["tokens"], mb["valid"],
-                                                       prompt_len, cfg.temperature, prompt_group))
+                                                       prompt_len, cfg.temperature, prompt_group, opts, chunk))
     kl = jnp.sum(kl_penalty(lp, ref_lp, cfg.kl_estimator) * w)
   loss = pg + cfg.kl_beta * kl
   stats = {"loss": loss, "pg_loss": pg, "kl": kl, "clip_frac": jnp.sum(clipped * w), "weight": jnp.sum(w),
@@ -97,15 +57,17 @@ class Learner:
   """Holds the compiled micro-step and optimizer step for one model structure and loss configuration."""
 
   def __init__(self, graphdef, optimizer: optax.GradientTransformation, loss_cfg: LossConfig, prompt_len: int,
-               param_shardings=None, prompt_group: int = 1):
+               param_shardings=None, prompt_group: int = 1, compute: ComputeOptions = PLAIN, logprob_chunk: int = 0):
     """`prompt_group` = g > 1 promises that micro-batches hold whole groups of g consecutive rows sharing a prompt
-    (the Updater packs them so); each prompt is then run once per group."""
+    (the Updater packs them so); each prompt is then run once per group. `compute` (remat, attention, FSDP
+    gathers) and `logprob_chunk` choose how the loss is computed, never what it is."""
     self.graphdef, self.optimizer, self.loss_cfg, self.prompt_len = graphdef, optimizer, loss_cfg, prompt_len
     self.prompt_group = prompt_group
     grad_fn = jax.grad(micro_loss, has_aux=True)
 
     def micro_step(params, grads_acc, ref_params, mb):
-      grads, stats = grad_fn(params, graphdef, ref_params, mb, prompt_len, loss_cfg, prompt_group)
+      grads, stats = grad_fn(params, graphdef, ref_params, mb, prompt_len, loss_cfg, prompt_group, compute,
+                             logprob_chunk)
       return jax.tree.map(jnp.add, grads_acc, grads), stats
 
     def apply(params, opt_state, grads):

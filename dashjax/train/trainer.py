@@ -35,11 +35,10 @@ from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, make_mesh, param
 from dashjax.rewards import RewardPool
 from dashjax.rl.advantages import group_advantages
 from dashjax.rl.batching import keep_mask
-from dashjax.sampling import Sampler, SamplingConfig
 from dashjax.sampling.generate import eos_ids_for
 from dashjax.train.checkpoint import Checkpointer
 from dashjax.train.evaluate import Evaluator
-from dashjax.train.learner import Learner, LossConfig, make_optimizer
+from dashjax.train import programs
 from dashjax.train.metrics import MetricsWriter, plot_curve
 from dashjax.train.rollouts import RolloutCollector
 from dashjax.train.sft import sft_batch
@@ -55,7 +54,8 @@ class Trainer:
     os.makedirs(workdir, exist_ok=True)
     c, plan = config, self.plan
     self.mesh = make_mesh(plan.mesh_shape)
-    model, self.tokenizer = model_and_tokenizer or load_model(c.model.source, dtype=c.model.dtype)
+    model, self.tokenizer = model_and_tokenizer or load_model(c.model.source, dtype=c.model.dtype,
+                                                              param_dtype=c.model.get("param_dtype", "float32"))
     self.graphdef, params = nnx.split(model)
     self.learner_shardings = param_shardings(params, self.mesh, LEARNER_RULES)
     self.sampler_shardings = param_shardings(params, self.mesh, SAMPLER_RULES)
@@ -69,26 +69,14 @@ class Trainer:
     self.iterator = PromptIterator(self.train_examples, c.rl.prompts_per_step, c.data.seed)
     self.pool = RewardPool(num_workers=c.reward.workers, timeout_s=c.reward.timeout_s)
     self.eos_ids = eos_ids_for(model, self.tokenizer)
-    sampler = Sampler(self.graphdef, SamplingConfig(
-        max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature, top_k=c.sampling.top_k,
-        top_p=c.sampling.top_p, samples_per_prompt=c.rl.samples_per_prompt, share_prefix=c.sampling.share_prefix,
-        eos_ids=self.eos_ids, pad_id=self.formatter.pad_id))
+    sampler = programs.train_sampler(c, self.graphdef, self.eos_ids, self.formatter.pad_id)
+    self._sampler_cast = programs.sampler_cast(c, self.sampler_shardings)
     self.collector = RolloutCollector(sampler, self.formatter, self.tokenizer, self.pool, c.reward.fn,
                                       c.rl.samples_per_prompt, plan.sampler_rows, self.mesh)
 
-    updates_total = c.train.num_steps * plan.updates_per_batch * plan.epochs_per_batch
-    self.optimizer = make_optimizer(c.train.learning_rate, updates_total, warmup_steps=c.train.warmup_steps,
-                                    schedule=c.train.lr_schedule, weight_decay=c.train.weight_decay,
-                                    max_grad_norm=c.train.max_grad_norm)
+    self.optimizer = programs.optimizer(c, plan)
     self.opt_state = self._place_opt_state(jax.jit(self.optimizer.init)(self.params))
-    if c.mode == "sft":  # plain likelihood of the gold tokens: no temperature, ratio or KL
-      loss_cfg = LossConfig(temperature=1.0, on_policy=True)
-    else:
-      loss_cfg = LossConfig(temperature=c.sampling.temperature,
-                            on_policy=c.rl.algo not in ("ppo_multi", "ppo_mini"), clip_eps=c.rl.clip_eps,
-                            kl_beta=c.rl.kl_beta, kl_estimator=c.rl.kl_estimator)
-    self.learner = Learner(self.graphdef, self.optimizer, loss_cfg, c.data.max_prompt_tokens,
-                           param_shardings=self.learner_shardings, prompt_group=plan.learner_prompt_group)
+    self.learner = programs.learner(c, plan, self.graphdef, self.optimizer, self.mesh, self.learner_shardings)
     self.updater = Updater(self.learner, self.mesh, plan.micro_batch_size,
                            "token_mean" if c.mode == "sft" else c.rl.loss_aggregation, c.rl.filter_normalization)
     # The KL reference is the initial policy; with kl_beta == 0 it is never kept nor run.
@@ -133,7 +121,10 @@ class Trainer:
   # --- one step ---------------------------------------------------------------------------------------------
 
   def sampler_params(self):
-    """The learner's parameters laid out for the sampler (no copy when the two layouts agree)."""
+    """The learner's parameters laid out for the sampler (no copy when the two layouts agree), in the compute dtype
+    (cast on device) when that differs from the storage dtype."""
+    if self._sampler_cast is not None:
+      return self._sampler_cast(self.params)
     return jax.device_put(self.params, self.sampler_shardings)
 
   def train_step(self) -> dict:

@@ -1,0 +1,242 @@
+"""Ahead-of-time fit check: compile every program of a training step for a device set and read its memory.
+
+Nothing runs and no weights are read: parameters, optimizer state, prompts and micro-batches are
+`ShapeDtypeStruct`s carrying the `NamedSharding`s the trainer gives them, lowered through the same programs
+(`dashjax.train.programs`) and compiled for the local devices or for a TPU slice described by libtpu
+(`--topology v5e:2x4`), which works on a CPU-only machine. Per chip, each program needs its arguments, outputs and
+temporaries; the state that stays resident meanwhile (the stored parameters and Adam moments while the sampler
+runs, for example) is added to get the figure checked against the chip's memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from dashjax.config import validate
+from dashjax.models.compute import target_platform
+from dashjax.models.config import resolve_dtype
+from dashjax.models.presets import model_config
+from dashjax.models.transformer import Transformer
+from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, param_shardings
+from dashjax.train import programs
+
+GiB = 1024 ** 3
+# Usable HBM per chip as the TPU compiler counts it (a program over this fails with RESOURCE_EXHAUSTED).
+TPU_MEMORY = {"TPU v4": 32 * GiB, "TPU v5 lite": int(15.75 * GiB), "TPU v5e": int(15.75 * GiB),
+              "TPU v5": 95 * GiB, "TPU v5p": 95 * GiB, "TPU v6 lite": int(31.25 * GiB), "TPU v6e": int(31.25 * GiB)}
+
+
+class FitError(RuntimeError):
+  pass
+
+
+def topology_devices(name: str):
+  """The devices of a TPU slice (e.g. "v5e:2x4"), described by libtpu without any TPU attached."""
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # silences libtpu's start-up probe
+  try:
+    import libtpu  # noqa: F401
+  except ImportError:
+    raise FitError("--topology needs libtpu: pip install 'dashjax[tpu]' (jax[tpu] at the installed jax version)")
+  from jax.experimental import topologies
+
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+  except Exception as e:  # libtpu's message names the accepted forms
+    raise FitError(f"unknown TPU topology {name!r} ({str(e).splitlines()[0][:200]}); try v5e:2x4, v5e:2x2, v4:2x2x1, "
+                   f"v5p:2x2x1 or v6e:2x2")
+
+
+def chip_memory(device) -> int:
+  kind = getattr(device, "device_kind", "")
+  if device.platform == "tpu":
+    for prefix, size in sorted(TPU_MEMORY.items(), key=lambda kv: -len(kv[0])):
+      if kind.startswith(prefix):
+        return size
+    return 16 * GiB
+  try:
+    stats = device.memory_stats() or {}
+    if stats.get("bytes_limit"):
+      return int(stats["bytes_limit"])
+  except Exception:
+    pass
+  # CPU devices share the host's memory.
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, len(jax.local_devices()))
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def per_chip_bytes(tree) -> int:
+  """Bytes of the largest shard per device of an abstract tree (what one chip holds)."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shard = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+    total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+  return total
+
+
+@dataclasses.dataclass
+class ProgramFit:
+  name: str
+  argument_bytes: int = 0
+  output_bytes: int = 0
+  alias_bytes: int = 0
+  temp_bytes: int = 0
+  resident_bytes: int = 0  # state not among the program's arguments that stays in memory while it runs
+  compile_s: float = 0.0
+  error: str = ""
+
+  @property
+  def program_bytes(self) -> int:
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+  @property
+  def total_bytes(self) -> int:
+    return self.program_bytes + self.resident_bytes
+
+
+def _needed_from_error(message: str) -> int:
+  """The bytes a too-large program needs, from the compiler's RESOURCE_EXHAUSTED message (0 if not stated)."""
+  m = re.search(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm", message)
+  if not m:
+    return 0
+  return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2)))
+
+
+def _compile(name: str, jitted, args, resident: int) -> ProgramFit:
+  fit = ProgramFit(name, resident_bytes=resident)
+  t0 = time.perf_counter()
+  try:
+    compiled = jitted.lower(*args).compile()
+  except Exception as e:  # over-large programs fail here; report the figure, not the traceback
+    msg = str(e)
+    fit.compile_s = time.perf_counter() - t0
+    fit.error = msg.splitlines()[0][:300] if msg else type(e).__name__
+    fit.temp_bytes = _needed_from_error(msg)
+    return fit
+  fit.compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  fit.argument_bytes, fit.output_bytes = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+  fit.alias_bytes, fit.temp_bytes = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+  return fit
+
+
+def check(config, devices=None, *, topology: str = "", programs_wanted=None, progress=None) -> dict:
+  """Compiles each program of a training step for `devices` (default: the local ones) and returns the report."""
+  if topology:
+    devices = topology_devices(topology)
+  devices = list(devices if devices is not None else jax.devices())
+  plan = validate(config, num_devices=len(devices))
+  mesh = make_mesh(plan.mesh_shape, devices)
+  platform = devices[0].platform
+  capacity = chip_memory(devices[0])
+  c = config
+  cfg = model_config(c.model.source)
+  dtype, param_dtype = resolve_dtype(c.model.dtype), resolve_dtype(c.model.get("param_dtype", "float32"))
+  model = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  learner_sh = param_shardings(state, mesh, LEARNER_RULES)
+  sampler_sh = param_shardings(state, mesh, SAMPLER_RULES)
+  params = _abstract(state, learner_sh)
+  compute = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+  sampler_params = _abstract(jax.eval_shape(lambda p: jax.tree.map(compute, p), state), sampler_sh)
+
+  opt = programs.optimizer(c, plan)
+  init = jax.jit(opt.init).lower(params).compile()
+  # Moments follow their parameter's sharding; step counts are replicated over the mesh (as the trainer places them).
+  replicated = NamedSharding(mesh, PartitionSpec())
+  opt_shardings = jax.tree.map(lambda s: s if s.device_set == set(mesh.devices.flat) else replicated,
+                               init.output_shardings)
+  opt_state = _abstract(jax.eval_shape(opt.init, params), opt_shardings)
+  ref = params if (c.mode == "rl" and c.rl.kl_beta > 0) else None
+  learner = programs.learner(c, plan, graphdef, opt, mesh, learner_sh)
+
+  T, N, mb = int(c.data.max_prompt_tokens), int(c.sampling.max_new_tokens), plan.micro_batch_size
+  rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(mesh, len(shape)))  # noqa: E731
+  micro_batch = {"tokens": rows((mb, T + N), jnp.int32), "valid": rows((mb, T + N), bool),
+                 "weights": rows((mb, N), jnp.float32), "adv": rows((mb,), jnp.float32),
+                 "row_mask": rows((mb,), bool), "old_logprobs": rows((mb, N), jnp.float32)}
+  key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
+                             sharding=NamedSharding(mesh, PartitionSpec()))
+
+  stored, moments, ref_b = per_chip_bytes(params), per_chip_bytes(opt_state), per_chip_bytes(ref or {})
+  cast_b = per_chip_bytes(sampler_params) if dtype != param_dtype else 0
+  jobs = []
+  if c.mode == "rl":
+    sampler = programs.train_sampler(c, graphdef, (0,), 0)
+    P_call = plan.sampler_rows // c.rl.samples_per_prompt
+    prompts = (sampler_params, rows((P_call, T), jnp.int32), rows((P_call, T), bool), key)
+    # grpo keeps the sampler's copy alive through its micro-steps
+    grpo_copy = cast_b if c.rl.algo == "grpo" else 0
+    jobs.append(("sampler", sampler._fn, prompts, stored + moments + ref_b))
+  jobs.append(("micro_step", learner.micro_step, (params, params, ref, micro_batch),
+               moments + (grpo_copy if c.mode == "rl" else 0)))
+  shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+  apply = jax.jit(learner._apply_fn, donate_argnums=(0, 1), out_shardings=(shardings(params), shardings(opt_state),
+                                                                           None))
+  jobs.append(("apply", apply, (params, opt_state, params), ref_b))
+  if c.eval.before or c.eval.after or c.eval.every:
+    from dashjax.sampling import Sampler
+
+    ev = Sampler(graphdef, programs.eval_sampling_config(c, (0,), 0))
+    P_eval = programs.eval_rows(c) // max(int(c.eval.samples), 1)
+    jobs.append(("eval_sampler", ev._fn, (sampler_params, rows((P_eval, T), jnp.int32), rows((P_eval, T), bool), key),
+                 stored + moments + ref_b))
+  if dtype != param_dtype:
+    jobs.append(("sampler_cast", programs.sampler_cast(c, sampler_sh), (params,), moments + ref_b))
+
+  results = []
+  with target_platform(platform):
+    for name, fn, args, resident in jobs:
+      if programs_wanted and name not in programs_wanted:
+        continue
+      if progress:
+        progress(name)
+      results.append(_compile(name, fn, args, resident))
+  fits = all(not r.error and r.total_bytes <= capacity for r in results)
+  return {
+      "topology": topology or f"local:{platform}", "chips": len(devices), "device_kind": devices[0].device_kind,
+      "memory_per_chip_bytes": int(capacity), "mesh": dict(zip(("data", "fsdp", "tensor"), plan.mesh_shape)),
+      "model": c.model.source, "dtype": c.model.dtype, "param_dtype": c.model.get("param_dtype", "float32"),
+      "state_per_chip_bytes": {"params": stored, "opt_state": moments, "ref_params": ref_b, "sampler_params": cast_b},
+      "programs": {r.name: {"total_bytes": r.total_bytes, "program_bytes": r.program_bytes,
+                            "argument_bytes": r.argument_bytes, "output_bytes": r.output_bytes,
+                            "alias_bytes": r.alias_bytes, "temp_bytes": r.temp_bytes,
+                            "resident_bytes": r.resident_bytes, "compile_s": round(r.compile_s, 2),
+                            "fits": not r.error and r.total_bytes <= capacity, "error": r.error}
+                   for r in results},
+      "fits": bool(fits),
+  }
+
+
+def format_report(report: dict) -> str:
+  g = lambda b: f"{b / GiB:7.2f}"  # noqa: E731
+  cap = report["memory_per_chip_bytes"]
+  lines = [f"{report['model']} on {report['topology']} ({report['chips']} x {report['device_kind']}, "
+           f"{cap / GiB:.2f} GiB per chip), mesh {report['mesh']}, compute {report['dtype']}, "
+           f"storage {report['param_dtype']}",
+           f"{'program':<14}{'args':>8}{'outputs':>8}{'temps':>8}{'resident':>9}{'total':>8}  {'of chip':>7}"
+           f"{'compile':>9}  verdict",
+           "-" * 86]
+  for name, p in report["programs"].items():
+    verdict = "fits" if p["fits"] else ("DOES NOT FIT" if not p["error"] or "RESOURCE_EXHAUSTED" in p["error"]
+                                        else "ERROR")
+    lines.append(f"{name:<14}{g(p['argument_bytes'])}{g(p['output_bytes'])}{g(p['temp_bytes'])}"
+                 f"{g(p['resident_bytes']):>9}{g(p['total_bytes'])}  {100 * p['total_bytes'] / cap:6.1f}%"
+                 f"{p['compile_s']:8.1f}s  {verdict}")
+    if p["error"]:
+      lines.append(f"  {p['error']}")
+  lines.append(f"(GiB per chip; total = args + outputs - aliased + temps + resident state)  -> "
+               f"{'FITS' if report['fits'] else 'DOES NOT FIT'}")
+  return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The compiled programs of a training step, built from the config alone: one place for the trainer and the
+ahead-of-time fit check (`dashjax-fit`), so that what is measured is what runs.
+
+  sampler        `sampling.batch_size` rows (grpo: `train.micro_batch_size`) with their KV cache
+  micro_step     one learner micro-batch: forward, backward, gradient accumulation
+  apply          the optimizer update
+  eval_sampler   the held-out evaluation's sampler call
+  sampler_cast   the compute-dtype copy of the parameters the samplers read (only when storage and compute differ)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dashjax.models.compute import ComputeOptions
+from dashjax.models.config import resolve_dtype
+from dashjax.parallel.mesh import LEARNER_RULES, fsdp_gather, row_constraint
+from dashjax.sampling import Sampler, SamplingConfig
+from dashjax.train.learner import Learner, LossConfig, make_optimizer
+
+
+def compute_options(config, mesh) -> ComputeOptions:
+  tr = config.train
+  return ComputeOptions(remat=tr.get("remat", "none"), attention=tr.get("attention", "auto"),
+                        attention_block=int(tr.get("attention_block", 512)), gather=fsdp_gather(mesh, LEARNER_RULES),
+                        constrain=row_constraint(mesh))
+
+
+def loss_config(config) -> LossConfig:
+  c = config
+  if c.mode == "sft":  # plain likelihood of the gold tokens: no temperature, ratio or KL
+    return LossConfig(temperature=1.0, on_policy=True)
+  return LossConfig(temperature=c.sampling.temperature, on_policy=c.rl.algo not in ("ppo_multi", "ppo_mini"),
+                    clip_eps=c.rl.clip_eps, kl_beta=c.rl.kl_beta, kl_estimator=c.rl.kl_estimator)
+
+
+def optimizer(config, plan):
+  c = config
+  updates_total = c.train.num_steps * plan.updates_per_batch * plan.epochs_per_batch
+  return make_optimizer(c.train.learning_rate, updates_total, warmup_steps=c.train.warmup_steps,
+                        schedule=c.train.lr_schedule, weight_decay=c.train.weight_decay,
+                        max_grad_norm=c.train.max_grad_norm)
+
+
+def learner(config, plan, graphdef, opt, mesh, learner_shardings) -> Learner:
+  return Learner(graphdef, opt, loss_config(config), config.data.max_prompt_tokens, param_shardings=learner_shardings,
+                 prompt_group=plan.learner_prompt_group, compute=compute_options(config, mesh),
+                 logprob_chunk=int(config.train.get("logprob_chunk", 0)))
+
+
+def train_sampler(config, graphdef, eos_ids, pad_id: int) -> Sampler:
+  c = config
+  return Sampler(graphdef, SamplingConfig(
+      max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature, top_k=c.sampling.top_k,
+      top_p=c.sampling.top_p, samples_per_prompt=c.rl.samples_per_prompt, share_prefix=c.sampling.share_prefix,
+      eos_ids=tuple(eos_ids), pad_id=pad_id))
+
+
+def eval_rows(config) -> int:
+  """Rows per evaluation sampler call (whole groups of eval.samples)."""
+  s = max(int(config.eval.samples), 1)
+  return max(s, (int(config.eval.batch_size) // s) * s)
+
+
+def eval_sampling_config(config, eos_ids, pad_id: int) -> SamplingConfig:
+  c = config
+  return SamplingConfig(max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
+                        temperature=c.eval.temperature, samples_per_prompt=max(int(c.eval.samples), 1),
+                        eos_ids=tuple(eos_ids), pad_id=pad_id)
+
+
+def sampler_cast(config, sampler_shardings):
+  """A jitted `params -> params` in the compute dtype, laid out for the sampler; None when storage is compute.
+
+  Runs on device once per update: the sampler reads half the bytes and holds half the memory of the stored copy.
+  """
+  dtype = resolve_dtype(config.model.dtype)
+  if resolve_dtype(config.model.get("param_dtype", "float32")) == dtype:
+    return None
+
+  def cast(params):
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+  return jax.jit(cast, out_shardings=sampler_shardings)
