@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
                  # Training memory (each computes the same gradient): per-layer rematerialization (none, full,
                  # save_dots), completion log-probs `logprob_chunk` positions at a time (0: all at once), and the
                  # learner's attention (auto, plain, blockwise, fused) with `attention_block` keys per block.
-                 remat="none", logprob_chunk=0, attention="auto", attention_block=512)
+                 # scan_layers runs the layers as one lax.scan (compile time; see docs/paper_scale.md).
+                 remat="none", logprob_chunk=0, attention="auto", attention_block=512, scan_layers=False)
   c.eval = dict(num_prompts=200, samples=1, temperature=0.0, max_new_tokens=0, batch_size=64, before=True,
                 after=True, every=0)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices

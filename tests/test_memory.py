@@ -53,7 +53,8 @@ OPTIONS = {
     "remat_save_dots": (ComputeOptions(remat="save_dots"), 0),
     "logprob_chunk": (ComputeOptions(), 5),
     "blockwise": (ComputeOptions(attention="blockwise", attention_block=4), 0),
-    "all": (ComputeOptions(remat="full", attention="blockwise", attention_block=4), 5),
+    "scan_layers": (ComputeOptions(scan_layers=True), 0),
+    "all": (ComputeOptions(remat="full", attention="blockwise", attention_block=4, scan_layers=True), 5),
 }
 
 

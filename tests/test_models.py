@@ -361,3 +361,18 @@ def test_hub_name_offline_says_what_works():
   # HF_HUB_OFFLINE=1 (conftest): the download fails at once, and the message points to the offline options.
   with pytest.raises(RuntimeError, match="smollm2-135m-instruct"):
     load_model("dashjax-tests/does-not-exist")
+
+
+def test_save_hf_writes_the_storage_dtype_unless_asked(tiny_hf_model, tmp_path):
+  """float32 storage with bfloat16 compute saves float32 weights (nothing rounded); dtype= converts on request."""
+  folder = tiny_hf_model("llama", tokenizer=False)
+  cfg = ModelConfig.from_hf(AutoConfig.from_pretrained(folder))
+  model = build_model(cfg, hf_to_pure(read_safetensors(folder), cfg), "bfloat16", "float32")
+  assert model.embed[...].dtype == jnp.float32 and model.dtype == jnp.bfloat16
+  save_hf(model, None, str(tmp_path / "f32"))
+  save_hf(model, None, str(tmp_path / "bf16"), dtype="bfloat16")
+  src, f32, bf16 = (read_safetensors(p) for p in (folder, str(tmp_path / "f32"), str(tmp_path / "bf16")))
+  for k in src:
+    assert f32[k].dtype == np.float32 and bf16[k].dtype == jnp.bfloat16, k
+    np.testing.assert_array_equal(f32[k], src[k], err_msg=k)
+    np.testing.assert_array_equal(bf16[k], src[k].astype(jnp.bfloat16), err_msg=k)

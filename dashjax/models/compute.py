@@ -26,6 +26,7 @@ class ComputeOptions:
   remat: str = "none"  # per decoder layer: none, full (keep only layer inputs), save_dots (keep matmul outputs)
   attention: str = "plain"  # plain, blockwise (online softmax over key blocks), fused (platform kernel), auto
   attention_block: int = 512  # keys per block for blockwise attention
+  scan_layers: bool = False  # run the decoder layers as one lax.scan (compiles one layer instead of all)
   # Called on each layer's parameter state inside the (rematerialized) layer: FSDP gathers weights there, so that
   # the gathered copy lives for one layer only and its gradient is reduce-scattered back.
   gather: Callable | None = None

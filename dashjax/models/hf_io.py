@@ -143,9 +143,11 @@ def _lookup(tree, path):
   return tree
 
 
-def model_to_pure_numpy(model: Transformer) -> dict:
+def model_to_pure_numpy(model: Transformer, dtype=None) -> dict:
+  """The parameters as host arrays, in `dtype` (default: as stored)."""
   _, state = nnx.split(model)
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x), dtype=np.float32), nnx.to_pure_dict(state))
+  target = None if dtype is None else np.dtype(resolve_dtype(dtype))
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x), dtype=target or x.dtype), nnx.to_pure_dict(state))
 
 
 def load_hf_folder(folder: str, dtype="float32", param_dtype="float32"):
@@ -160,14 +162,15 @@ def load_hf_folder(folder: str, dtype="float32", param_dtype="float32"):
   return model, tokenizer
 
 
-def save_hf(model: Transformer, tokenizer, out_dir: str) -> str:
-  """Writes a transformers-loadable folder (config.json, model.safetensors, tokenizer files)."""
+def save_hf(model: Transformer, tokenizer, out_dir: str, dtype=None) -> str:
+  """Writes a transformers-loadable folder (config.json, model.safetensors, tokenizer files), the weights in their
+  storage dtype (model.param_dtype) unless `dtype` ("bfloat16", ...) asks for another."""
   from safetensors.numpy import save_file
 
   os.makedirs(out_dir, exist_ok=True)
   cfg = model.cfg
   cfg.to_hf().save_pretrained(out_dir)
-  save_file(pure_to_hf(model_to_pure_numpy(model), cfg), os.path.join(out_dir, "model.safetensors"),
+  save_file(pure_to_hf(model_to_pure_numpy(model, dtype), cfg), os.path.join(out_dir, "model.safetensors"),
             metadata={"format": "pt"})
   if tokenizer is not None:
     tokenizer.save_pretrained(out_dir)

@@ -165,24 +165,51 @@ def _cast_floats(tree, dtype):
   return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
-def _run_layer(layer: Block, method: str, opts: ComputeOptions, dtype, *arrays, **static):
-  """Calls `layer.method(*arrays, opts=opts, **static)`, rematerialized and with gathered weights as `opts` say.
+def _layer_fn(graphdef, call, opts: ComputeOptions, dtype):
+  """(layer state, x, own inputs) -> (x, kv) for one decoder layer, with gathered weights and rematerialized as
+  `opts` say. Weights are cast to the compute dtype before the gather (half the bytes moved) and inside the remat
+  region (the gathered copy is dropped after the layer and rebuilt in backprop: at most one layer's is whole)."""
 
-  The weights are cast to the compute dtype before the gather (half the bytes moved) and inside the remat region
-  (the gathered copy is dropped after the layer and rebuilt in backprop, so at most one layer's is ever whole).
-  """
-  if opts.remat == "none" and opts.gather is None:
-    return getattr(layer, method)(*arrays, opts=opts, **static)
-  graphdef, state = nnx.split(layer)
-
-  def run(state, *arrays):
+  def run(state, x, own):
     if opts.gather is not None:
       state = opts.gather(_cast_floats(state, dtype))
-    return getattr(nnx.merge(graphdef, state), method)(*arrays, opts=opts, **static)
+    return call(nnx.merge(graphdef, state), x, own)
 
-  if opts.remat != "none":
-    run = jax.checkpoint(run, policy=remat_policy(opts.remat))
-  return run(state, *arrays)
+  return jax.checkpoint(run, policy=remat_policy(opts.remat)) if opts.remat != "none" else run
+
+
+def _run_layers(layers, call, opts: ComputeOptions, dtype, x, own_per_layer):
+  """Runs x through every layer; `call(layer, x, own)` gets that layer's own inputs (its prompt KV, its cache).
+
+  Returns the last hidden states and the tuple of per-layer KVs. With `opts.scan_layers` the layers run as one
+  `lax.scan` over a stacked compute-dtype copy of their weights: one layer is compiled instead of all of them.
+  """
+  if opts.remat == "none" and opts.gather is None and not opts.scan_layers:
+    kvs = []
+    for layer, own in zip(layers, own_per_layer):
+      x = opts.constrain(x) if opts.constrain is not None else x
+      x, kv = call(layer, x, own)
+      kvs.append(kv)
+    return x, tuple(kvs)
+  graphdef = nnx.split(layers[0])[0]
+  fn = _layer_fn(graphdef, call, opts, dtype)
+  if not opts.scan_layers:
+    kvs = []
+    for layer, own in zip(layers, own_per_layer):
+      x = opts.constrain(x) if opts.constrain is not None else x
+      x, kv = fn(nnx.split(layer)[1], x, own)
+      kvs.append(kv)
+    return x, tuple(kvs)
+  stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+  states = jax.tree.map(stack, *[_cast_floats(nnx.split(layer)[1], dtype) for layer in layers])
+  owns = jax.tree.map(stack, *own_per_layer)
+
+  def body(x, xs):
+    x = opts.constrain(x) if opts.constrain is not None else x
+    return fn(*xs[:1], x, xs[1])
+
+  x, kvs = jax.lax.scan(body, x, (states, owns))
+  return x, tuple(jax.tree.map(lambda a, i=i: a[i], kvs) for i in range(len(layers)))
 
 
 def positions_from_valid(valid_BxT):
@@ -207,17 +234,25 @@ class Transformer(nnx.Module):
     tree = _cast_floats(tree, self.dtype)
     return tree if opts.gather is None else opts.gather(tree)
 
-  def logits(self, h_BxTxD, opts: ComputeOptions = PLAIN):
+  def output_weight(self, opts: ComputeOptions = PLAIN):
+    """The vocabulary projection's weight in the compute dtype (gathered over FSDP when `opts` say so); computed once
+    and passed to `logits` when the projection runs in chunks, so that its cast and its gradient are not per chunk."""
+    if self.lm_head is None:
+      return self._weight(opts, {"embed": self.embed[...]})["embed"]
+    return self._weight(opts, {"lm_head": {"kernel": self.lm_head.kernel[...]}})["lm_head"]["kernel"]
+
+  def logits(self, h_BxTxD, opts: ComputeOptions = PLAIN, weight=None):
     """Final norm and output projection, logits in float32."""
     h = self.final_norm(h_BxTxD)
-    if self.lm_head is None:
-      w = self._weight(opts, {"embed": self.embed[...]})["embed"]
-      return einsum_f32("btd,vd->btv", h, w.astype(h.dtype))
-    w = self._weight(opts, {"lm_head": {"kernel": self.lm_head.kernel[...]}})["lm_head"]["kernel"]
-    return einsum_f32("btd,dv->btv", h, w.astype(h.dtype))
+    w = self.output_weight(opts) if weight is None else weight
+    eq = "btd,vd->btv" if self.lm_head is None else "btd,dv->btv"
+    return einsum_f32(eq, h, w.astype(h.dtype))
 
   def embed_tokens(self, tokens_BxT, opts: ComputeOptions = PLAIN):
-    return self._weight(opts, {"embed": self.embed[...]})["embed"][tokens_BxT]
+    # Never gathered over FSDP: a lookup in the sharded table gives each chip its columns, and its gradient is a
+    # scatter into the chip's shard (gathering would add a whole [V, D] table and its gradient per chip).
+    x = self.embed[...].astype(self.dtype)[tokens_BxT]
+    return opts.constrain(x) if opts.constrain is not None else x
 
   def hidden(self, tokens_BxT, valid_BxT=None, positions_BxT=None, opts: ComputeOptions = PLAIN):
     """Runs all layers over full sequences; returns the last hidden states and each layer's KV."""
@@ -226,13 +261,8 @@ class Transformer(nnx.Module):
     if positions_BxT is None:
       positions_BxT = positions_from_valid(valid_BxT)
     x = self.embed_tokens(tokens_BxT, opts)
-    kvs = []
-    for layer in self.layers:
-      if opts.constrain is not None:
-        x = opts.constrain(x)
-      x, kv = _run_layer(layer, "__call__", opts, self.dtype, x, positions_BxT, valid_BxT)
-      kvs.append(kv)
-    return x, tuple(kvs)
+    call = lambda layer, x, _: layer(x, positions_BxT, valid_BxT, opts)  # noqa: E731
+    return _run_layers(self.layers, call, opts, self.dtype, x, [None] * len(self.layers))
 
   def __call__(self, tokens_BxT, valid_BxT=None, positions_BxT=None):
     """Logits [B, T, V] (float32) for every position of (left-padded) sequences."""
@@ -267,12 +297,11 @@ class Transformer(nnx.Module):
     """
     group = tokens_BxT.shape[0] // prefix.valid_BpxS.shape[0]
     x = self.embed_tokens(tokens_BxT, opts)
-    new_layers = []
     caches = cache.layers if cache is not None else (None,) * len(self.layers)
-    for layer, pkv, ckv in zip(self.layers, prefix.layers, caches):
-      if opts.constrain is not None:
-        x = opts.constrain(x)
-      x, kv = _run_layer(layer, "decode", opts, self.dtype, x, positions_BxT, pkv, prefix.valid_BpxS, ckv, step,
-                         group=group)
-      new_layers.append(kv)
-    return x, DecodeCache(tuple(new_layers))
+
+    def call(layer, x, own):
+      pkv, ckv = own
+      return layer.decode(x, positions_BxT, pkv, prefix.valid_BpxS, ckv, step, group=group, opts=opts)
+
+    x, kvs = _run_layers(self.layers, call, opts, self.dtype, x, list(zip(prefix.layers, caches)))
+    return x, DecodeCache(kvs)

@@ -27,7 +27,8 @@ from dashjax.models.compute import target_platform
 from dashjax.models.config import resolve_dtype
 from dashjax.models.presets import model_config
 from dashjax.models.transformer import Transformer
-from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, param_shardings
+from dashjax.parallel.mesh import (LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, opt_state_shardings,
+                                   param_shardings)
 from dashjax.train import programs
 
 GiB = 1024 ** 3
@@ -43,6 +44,8 @@ class FitError(RuntimeError):
 def topology_devices(name: str):
   """The devices of a TPU slice (e.g. "v5e:2x4"), described by libtpu without any TPU attached."""
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # silences libtpu's start-up probe
+  # No chip is opened, so several processes (a test run beside a fit check) may describe slices at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     import libtpu  # noqa: F401
   except ImportError:
@@ -51,9 +54,9 @@ def topology_devices(name: str):
 
   try:
     return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
-  except Exception as e:  # libtpu's message names the accepted forms
-    raise FitError(f"unknown TPU topology {name!r} ({str(e).splitlines()[0][:200]}); try v5e:2x4, v5e:2x2, v4:2x2x1, "
-                   f"v5p:2x2x1 or v6e:2x2")
+  except Exception as e:
+    raise FitError(f"libtpu could not describe TPU topology {name!r} ({str(e).splitlines()[0][:200]}); names look "
+                   f"like v5e:2x4, v5e:2x2, v4:2x2x1, v5p:2x2x1 or v6e:2x2")
 
 
 def chip_memory(device) -> int:
@@ -108,10 +111,11 @@ class ProgramFit:
 
 def _needed_from_error(message: str) -> int:
   """The bytes a too-large program needs, from the compiler's RESOURCE_EXHAUSTED message (0 if not stated)."""
-  m = re.search(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm", message)
-  if not m:
-    return 0
-  return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2)))
+  for pattern in (r"temporaries \(([\d.]+)([KMGT])\) exceeds", r"Used ([\d.]+)([KMGT]) of [\d.]+[KMGT] hbm"):
+    m = re.search(pattern, message)
+    if m:
+      return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2)))
+  return 0
 
 
 def _compile(name: str, jitted, args, resident: int) -> ProgramFit:
@@ -124,6 +128,7 @@ def _compile(name: str, jitted, args, resident: int) -> ProgramFit:
     fit.compile_s = time.perf_counter() - t0
     fit.error = msg.splitlines()[0][:300] if msg else type(e).__name__
     fit.temp_bytes = _needed_from_error(msg)
+    fit.argument_bytes = per_chip_bytes(args)  # what the arguments alone take, as the compiler did not say
     return fit
   fit.compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
@@ -132,8 +137,10 @@ def _compile(name: str, jitted, args, resident: int) -> ProgramFit:
   return fit
 
 
-def check(config, devices=None, *, topology: str = "", programs_wanted=None, progress=None) -> dict:
-  """Compiles each program of a training step for `devices` (default: the local ones) and returns the report."""
+def check(config, devices=None, *, topology: str = "", programs_wanted=None, progress=None, model_cfg=None) -> dict:
+  """Compiles each program of a training step for `devices` (default: the local ones) and returns the report.
+
+  `model_cfg` replaces the architecture of `config.model.source` (e.g. fewer layers, for a quick check)."""
   if topology:
     devices = topology_devices(topology)
   devices = list(devices if devices is not None else jax.devices())
@@ -142,7 +149,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   platform = devices[0].platform
   capacity = chip_memory(devices[0])
   c = config
-  cfg = model_config(c.model.source)
+  cfg = model_cfg or model_config(c.model.source)
   dtype, param_dtype = resolve_dtype(c.model.dtype), resolve_dtype(c.model.get("param_dtype", "float32"))
   model = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
@@ -153,12 +160,8 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   sampler_params = _abstract(jax.eval_shape(lambda p: jax.tree.map(compute, p), state), sampler_sh)
 
   opt = programs.optimizer(c, plan)
-  init = jax.jit(opt.init).lower(params).compile()
-  # Moments follow their parameter's sharding; step counts are replicated over the mesh (as the trainer places them).
-  replicated = NamedSharding(mesh, PartitionSpec())
-  opt_shardings = jax.tree.map(lambda s: s if s.device_set == set(mesh.devices.flat) else replicated,
-                               init.output_shardings)
-  opt_state = _abstract(jax.eval_shape(opt.init, params), opt_shardings)
+  opt_abstract = jax.eval_shape(opt.init, params)
+  opt_state = _abstract(opt_abstract, opt_state_shardings(opt_abstract, params, learner_sh, mesh))
   ref = params if (c.mode == "rl" and c.rl.kl_beta > 0) else None
   learner = programs.learner(c, plan, graphdef, opt, mesh, learner_sh)
 
@@ -226,17 +229,17 @@ def format_report(report: dict) -> str:
   lines = [f"{report['model']} on {report['topology']} ({report['chips']} x {report['device_kind']}, "
            f"{cap / GiB:.2f} GiB per chip), mesh {report['mesh']}, compute {report['dtype']}, "
            f"storage {report['param_dtype']}",
-           f"{'program':<14}{'args':>8}{'outputs':>8}{'temps':>8}{'resident':>9}{'total':>8}  {'of chip':>7}"
-           f"{'compile':>9}  verdict",
-           "-" * 86]
+           f"{'program':<14}{'args':>8}{'outputs':>8}{'aliased':>8}{'temps':>8}{'resident':>9}{'total':>8}"
+           f"  {'of chip':>7}{'compile':>9}  verdict",
+           "-" * 94]
   for name, p in report["programs"].items():
     verdict = "fits" if p["fits"] else ("DOES NOT FIT" if not p["error"] or "RESOURCE_EXHAUSTED" in p["error"]
                                         else "ERROR")
-    lines.append(f"{name:<14}{g(p['argument_bytes'])}{g(p['output_bytes'])}{g(p['temp_bytes'])}"
+    lines.append(f"{name:<14}{g(p['argument_bytes'])}{g(p['output_bytes'])}{g(p['alias_bytes'])}{g(p['temp_bytes'])}"
                  f"{g(p['resident_bytes']):>9}{g(p['total_bytes'])}  {100 * p['total_bytes'] / cap:6.1f}%"
                  f"{p['compile_s']:8.1f}s  {verdict}")
     if p["error"]:
       lines.append(f"  {p['error']}")
-  lines.append(f"(GiB per chip; total = args + outputs - aliased + temps + resident state)  -> "
+  lines.append(f"(GiB per chip; total = args + outputs - aliased (donated) + temps + resident state)  -> "
                f"{'FITS' if report['fits'] else 'DOES NOT FIT'}")
   return "\n".join(lines)

@@ -128,3 +128,31 @@ def row_constraint(mesh: Mesh):
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
   return constrain
+
+
+def _path_keys(path) -> tuple[str, ...]:
+  keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+  return tuple(k for k in keys if k != "value")
+
+
+def opt_state_shardings(opt_state, params, param_shardings_tree, mesh: Mesh):
+  """Shardings for an optimizer state: every leaf shaped like a parameter (Adam's moments, found by the parameter's
+  path at the end of its own) takes that parameter's sharding; the rest (step counts) is replicated.
+
+  Spelled out because `jit(optimizer.init)` cannot infer it: zeros have no data dependence on the parameters, so
+  XLA would replicate the moments on every chip, FSDP or not.
+  """
+  by_path = {}
+  for (path, p), s in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings_tree)):
+    by_path[_path_keys(path)] = (tuple(p.shape), s)
+  replicated_ = NamedSharding(mesh, P())
+
+  def one(path, leaf):
+    keys = _path_keys(path)
+    for start in range(len(keys)):
+      hit = by_path.get(keys[start:])
+      if hit is not None and hit[0] == tuple(leaf.shape):
+        return hit[1]
+    return replicated_
+
+  return jax.tree_util.tree_map_with_path(one, opt_state)

@@ -44,9 +44,11 @@ def hidden_logprobs(model, h_MxNxD, targets_MxN, temperature: float, opts: Compu
   h_CxMxKxD = h.reshape(M, n_chunks, chunk, -1).transpose(1, 0, 2, 3)
   t_CxMxK = t.reshape(M, n_chunks, chunk).transpose(1, 0, 2)
 
+  weight = model.output_weight(opts)  # cast (and gathered) once; its gradient accumulates in compute dtype
+
   def one(_, xs):
     hc, tc = xs
-    return None, token_logprobs(model.logits(hc, opts), tc, temperature)
+    return None, token_logprobs(model.logits(hc, opts, weight), tc, temperature)
 
   # The body is rematerialized: backprop recomputes each chunk's logits instead of keeping all of them.
   _, lp_CxMxK = jax.lax.scan(jax.checkpoint(one), None, (h_CxMxKxD, t_CxMxK))

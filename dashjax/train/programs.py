@@ -23,7 +23,8 @@ from dashjax.train.learner import Learner, LossConfig, make_optimizer
 def compute_options(config, mesh) -> ComputeOptions:
   tr = config.train
   return ComputeOptions(remat=tr.get("remat", "none"), attention=tr.get("attention", "auto"),
-                        attention_block=int(tr.get("attention_block", 512)), gather=fsdp_gather(mesh, LEARNER_RULES),
+                        attention_block=int(tr.get("attention_block", 512)), scan_layers=bool(tr.get("scan_layers", False)),
+                        gather=fsdp_gather(mesh, LEARNER_RULES),
                         constrain=row_constraint(mesh))
 
 

@@ -25,13 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from dashjax.config import validate
 from dashjax.data import PromptFormatter, PromptIterator, load_examples
 from dashjax.models.loading import load_model
 from dashjax.parallel.distributed import any_host, is_main_process
-from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, make_mesh, param_shardings
+from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, make_mesh, opt_state_shardings, param_shardings
 from dashjax.rewards import RewardPool
 from dashjax.rl.advantages import group_advantages
 from dashjax.rl.batching import keep_mask
@@ -75,7 +74,9 @@ class Trainer:
                                       c.rl.samples_per_prompt, plan.sampler_rows, self.mesh)
 
     self.optimizer = programs.optimizer(c, plan)
-    self.opt_state = self._place_opt_state(jax.jit(self.optimizer.init)(self.params))
+    opt_abstract = jax.eval_shape(self.optimizer.init, self.params)
+    self.opt_state = jax.jit(self.optimizer.init, out_shardings=opt_state_shardings(
+        opt_abstract, self.params, self.learner_shardings, self.mesh))(self.params)
     self.learner = programs.learner(c, plan, self.graphdef, self.optimizer, self.mesh, self.learner_shardings)
     self.updater = Updater(self.learner, self.mesh, plan.micro_batch_size,
                            "token_mean" if c.mode == "sft" else c.rl.loss_aggregation, c.rl.filter_normalization)
@@ -94,19 +95,6 @@ class Trainer:
       log.info("resumed from step %d (%s)", self.step, self.checkpointer.directory)
     self.metrics = MetricsWriter(workdir, resume_step=self.step if self.resumed else None)
     self._stop_requested = False
-
-  def _place_opt_state(self, state):
-    """Moments keep their parameter's sharding; fresh scalars (step counts) are replicated over the mesh.
-
-    Placement is explicit (committed), so the state's jit cache key is the same before and after the first update.
-    """
-    mesh_devices = set(self.mesh.devices.flat)
-
-    def place(x):
-      keep = x.sharding.device_set == mesh_devices
-      return jax.device_put(x, x.sharding if keep else NamedSharding(self.mesh, PartitionSpec()))
-
-    return jax.tree.map(place, state)
 
   def _fitting(self, examples, what):
     ok = self.formatter.fits(examples)
@@ -294,8 +282,9 @@ class Trainer:
 
   def _eval_and_report(self, when: str) -> dict:
     out = self.evaluate()
-    print(f"held-out accuracy {when}: {out['accuracy']:.3f} +/- {out['stderr']:.3f} (mean@{out['samples']} over "
-          f"{out['num_prompts']} prompts, {out['seconds']:.0f}s)", flush=True)
+    if is_main_process():
+      print(f"held-out accuracy {when}: {out['accuracy']:.3f} +/- {out['stderr']:.3f} (mean@{out['samples']} over "
+            f"{out['num_prompts']} prompts, {out['seconds']:.0f}s)", flush=True)
     return {k: v for k, v in out.items() if k != "texts"}
 
   def close(self):
