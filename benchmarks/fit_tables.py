@@ -57,7 +57,12 @@ def main():
   p.add_argument("--topology", default="v5e:2x4")
   p.add_argument("--jobs", default="sizes,sweep,scan,single")
   p.add_argument("--json", default="benchmarks/results/fit_tables.json")
+  p.add_argument("--markdown", default="", help="only write markdown tables from an existing --json to this path")
   args = p.parse_args()
+  if args.markdown:
+    with open(args.markdown, "w") as f:
+      f.write(markdown(json.load(open(args.json))))
+    return
   os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
   results = json.load(open(args.json)) if os.path.exists(args.json) else {}
   for name, c, topology, wanted in jobs(args.jobs.split(","), args.topology):
@@ -76,6 +81,24 @@ def main():
   for name, r in results.items():
     worst = max(r["programs"].items(), key=lambda kv: kv[1]["total_bytes"])
     print(f"  {name:<24} {worst[1]['total_bytes'] / GiB:6.2f} ({worst[0]})  {'fits' if r['fits'] else 'DOES NOT FIT'}")
+
+
+def markdown(results: dict) -> str:
+  g = lambda b: f"{b / GiB:.2f}"  # noqa: E731
+  out = []
+  for name, r in results.items():
+    out.append(f"**{name}**: {r['model']} on `{r['topology']}` ({r['chips']} x {r['device_kind']}, "
+               f"{g(r['memory_per_chip_bytes'])} GiB per chip), mesh {r['mesh']}; state per chip: parameters "
+               f"{g(r['state_per_chip_bytes']['params'])} GiB, Adam moments {g(r['state_per_chip_bytes']['opt_state'])} "
+               f"GiB -> **{'fits' if r['fits'] else 'does not fit'}**\n")
+    out.append("| program | args | outputs | aliased | temps | resident | total GiB | of chip | compile s |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for prog, p in r["programs"].items():
+      out.append(f"| {prog} | {g(p['argument_bytes'])} | {g(p['output_bytes'])} | {g(p['alias_bytes'])} | "
+                 f"{g(p['temp_bytes'])} | {g(p['resident_bytes'])} | **{g(p['total_bytes'])}** | "
+                 f"{100 * p['total_bytes'] / r['memory_per_chip_bytes']:.0f}% | {p['compile_s']:.0f} |")
+    out.append("")
+  return "\n".join(out)
 
 
 if __name__ == "__main__":

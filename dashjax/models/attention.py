@@ -9,7 +9,9 @@ segment marks it valid and, for causal segments, s <= t + causal_offset.
   blockwise  a scan over key blocks with a running max and denominator (online softmax), the block rematerialized
              in backprop: memory O(T * block), any backend. The reference for every memory-saving path.
   fused      jax.nn.dot_product_attention with cuDNN on GPU (bfloat16/float16 compute); elsewhere blockwise.
-  auto       fused on GPU; blockwise on TPU, or on CPU when a segment is longer than 1024 keys; plain otherwise.
+             Opt-in: its layout and masks are tested through XLA's reference implementation of the same call on CPU,
+             but it has not run on a GPU here yet.
+  auto       blockwise on accelerators and on CPU when a segment is longer than 1024 keys; plain otherwise.
 """
 
 from __future__ import annotations
@@ -35,10 +37,7 @@ class Segment(NamedTuple):
 
 def resolve(impl: str, segments, dtype) -> str:
   if impl == "auto":
-    p = platform()
-    if p == "gpu":
-      impl = "fused"
-    elif p == "tpu" or max(s.k.shape[2] for s in segments) > AUTO_PLAIN_MAX_KEYS:
+    if platform() in ("tpu", "gpu") or max(s.k.shape[2] for s in segments) > AUTO_PLAIN_MAX_KEYS:
       impl = "blockwise"
     else:
       impl = "plain"
