@@ -99,7 +99,7 @@ def main():
   learner = programs.learner(c, plan, graphdef, opt, mesh, learner_sh)
   updater = Updater(learner, mesh, plan.micro_batch_size, c.rl.loss_aggregation, c.rl.filter_normalization)
   sampler = programs.train_sampler(c, graphdef, eos_ids=(), pad_id=0)  # no EOS: every row runs to the limit
-  cast = programs.sampler_cast(c, sampler_sh)
+  cast = programs.sampler_cast(c, sampler_sh, learner_sh)
   rng = np.random.RandomState(0)
   P, T, N = args.prompts, args.prompt_tokens, args.new_tokens
   records = []

@@ -137,6 +137,27 @@ def _compile(name: str, jitted, args, resident: int) -> ProgramFit:
   return fit
 
 
+def _gather_fit(name, low, out, resident) -> ProgramFit:
+  """The leaf-by-leaf gather of `SamplerCast`: the cast copy and the gathered copy are whole in memory, plus the
+  largest one-leaf gather program's temporaries."""
+  fit = ProgramFit(name, argument_bytes=per_chip_bytes(low), output_bytes=per_chip_bytes(out),
+                   resident_bytes=resident)
+  t0 = time.perf_counter()
+  seen = set()
+  for x, y in zip(jax.tree.leaves(low), jax.tree.leaves(out)):
+    key = (x.shape, str(x.dtype), x.sharding, y.sharding)
+    if key in seen or x.sharding == y.sharding:
+      continue
+    seen.add(key)
+    try:
+      mem = jax.jit(lambda a: a, out_shardings=y.sharding).lower(x).compile().memory_analysis()
+      fit.temp_bytes = max(fit.temp_bytes, int(mem.temp_size_in_bytes))
+    except Exception as e:
+      fit.error = str(e).splitlines()[0][:300]
+  fit.compile_s = time.perf_counter() - t0
+  return fit
+
+
 def check(config, devices=None, *, topology: str = "", programs_wanted=None, progress=None, model_cfg=None) -> dict:
   """Compiles each program of a training step for `devices` (default: the local ones) and returns the report.
 
@@ -197,7 +218,10 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
     jobs.append(("eval_sampler", ev._fn, (sampler_params, rows((P_eval, T), jnp.int32), rows((P_eval, T), bool), key),
                  stored + moments + ref_b))
   if dtype != param_dtype:
-    jobs.append(("sampler_cast", programs.sampler_cast(c, sampler_sh), (params,), moments + ref_b))
+    sc = programs.sampler_cast(c, sampler_sh, learner_sh)
+    jobs.append(("sampler_cast", sc.cast, (params,), moments + ref_b))
+    low = _abstract(jax.eval_shape(sc.cast, params), learner_sh)
+    jobs.append(("sampler_gather", (low, sampler_params), None, stored + moments + ref_b))
 
   results = []
   with target_platform(platform):
@@ -206,7 +230,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
         continue
       if progress:
         progress(name)
-      results.append(_compile(name, fn, args, resident))
+      results.append(_compile(name, fn, args, resident) if args is not None else _gather_fit(name, *fn, resident))
   fits = all(not r.error and r.total_bytes <= capacity for r in results)
   return {
       "topology": topology or f"local:{platform}", "chips": len(devices), "device_kind": devices[0].device_kind,

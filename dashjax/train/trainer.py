@@ -69,7 +69,7 @@ class Trainer:
     self.pool = RewardPool(num_workers=c.reward.workers, timeout_s=c.reward.timeout_s)
     self.eos_ids = eos_ids_for(model, self.tokenizer)
     sampler = programs.train_sampler(c, self.graphdef, self.eos_ids, self.formatter.pad_id)
-    self._sampler_cast = programs.sampler_cast(c, self.sampler_shardings)
+    self._sampler_cast = programs.sampler_cast(c, self.sampler_shardings, self.learner_shardings)
     self.collector = RolloutCollector(sampler, self.formatter, self.tokenizer, self.pool, c.reward.fn,
                                       c.rl.samples_per_prompt, plan.sampler_rows, self.mesh)
 
