@@ -183,10 +183,12 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import tiny
 from dashjax.train.trainer import Trainer
 out = {}
-for name, mesh in (("one", (1, 1, 1)), ("eight", (4, 2, 1))):
+for name, mesh in (("one", (1, 1, 1)), ("eight", (4, 2, 1)), ("fsdp4_memory", (2, 4, 1))):
   c = tiny.get_config()
   c.rl.prompts_per_step, c.sampling.batch_size, c.train.micro_batch_size = 8, 32, 8
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+  if name == "fsdp4_memory":  # FSDP gathers with every memory switch on
+    c.train.update(remat="full", scan_layers=True, logprob_chunk=5, attention="blockwise", attention_block=8)
   t = Trainer(c, os.path.join(sys.argv[2], name))
   m = t.train_step()
   leaves = [np.asarray(x) for x in jax.tree.leaves(t.params)]
@@ -204,11 +206,13 @@ def test_dash_step_on_8_devices_matches_one_device(tmp_path):
                         text=True, timeout=600, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.split("RESULT")[-1])
-  one, eight = out["one"], out["eight"]
-  assert (one["devices"], eight["devices"]) == (1, 8)
-  assert one["metrics"]["reward_mean"] == eight["metrics"]["reward_mean"]
-  assert one["metrics"]["kept_fraction"] == eight["metrics"]["kept_fraction"]
-  assert one["metrics"]["micro_steps"] == eight["metrics"]["micro_steps"]
-  np.testing.assert_allclose(one["metrics"]["grad_norm"], eight["metrics"]["grad_norm"], rtol=1e-4)
-  np.testing.assert_allclose(one["norms"], eight["norms"], rtol=1e-5)
-  np.testing.assert_allclose(one["first"], eight["first"], rtol=1e-4, atol=1e-6)
+  one = out["one"]
+  for name in ("eight", "fsdp4_memory"):
+    eight = out[name]
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    assert one["metrics"]["reward_mean"] == eight["metrics"]["reward_mean"]
+    assert one["metrics"]["kept_fraction"] == eight["metrics"]["kept_fraction"]
+    assert one["metrics"]["micro_steps"] == eight["metrics"]["micro_steps"]
+    np.testing.assert_allclose(one["metrics"]["grad_norm"], eight["metrics"]["grad_norm"], rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(one["norms"], eight["norms"], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(one["first"], eight["first"], rtol=1e-4, atol=1e-6, err_msg=name)
