@@ -6,7 +6,7 @@ Jobs (each appended to the JSON as it finishes, so an interrupted run keeps what
   sizes   configs/qwen25_math.py at 0.5b, 1.5b, 3b as shipped: every program
   sweep   0.5b with mesh.fsdp = 1, 2, 4, 8 (the rest data-parallel): learner programs and the state per chip
   scan    3b micro-step with train.scan_layers false and true: compile time and memory
-  single  0.5b on one v5e chip (v5e:1x1) with the reductions it needs
+  single  0.5b on one v5e chip (one chip of v5e:2x2) with the reductions it needs
 Needs libtpu (pip install 'dashjax[tpu]'); runs on a CPU-only machine. Compiles take minutes each on 2 cores.
 """
 
@@ -49,7 +49,8 @@ def jobs(names, topology):
     for scan in (False, True):
       yield f"3b scan_layers={scan}", config("3b", **{"train.scan_layers": scan}), topology, ("micro_step",)
   if "single" in names:
-    yield "0.5b on one v5e chip", config("0.5b", **SINGLE_CHIP), "v5e:1x1", None
+    # libtpu describes v5e slices from 2x2 up; a 1x1x1 mesh uses one of its chips, as a v5e-1 would
+    yield "0.5b on one v5e chip", config("0.5b", **SINGLE_CHIP), "v5e:2x2", None
 
 
 def main():

@@ -8,6 +8,7 @@ returns the derived batch plan, so a bad combination fails in a second, not afte
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import ml_collections
@@ -97,8 +98,21 @@ def _mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
   return tuple(sizes)
 
 
+def _non_finite_fields(node, prefix: str = ""):
+  """Dotted names of the float fields (at any depth) that hold NaN or +/-inf."""
+  items = node.items() if hasattr(node, "items") else ()
+  for key, value in items:
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      yield from _non_finite_fields(value, name + ".")
+    elif isinstance(value, float) and not math.isfinite(value):
+      yield name, value
+
+
 def validate(c, num_devices: int | None = None) -> BatchPlan:
   """Checks the config and returns the batch plan; raises ConfigError naming the fields and the fix."""
+  for name, value in _non_finite_fields(c):
+    raise ConfigError(f"{name}={value} must be a finite number")
   rl, tr, sp = c.rl, c.train, c.sampling
   if c.mode not in ("rl", "sft"):
     raise ConfigError(f"mode={c.mode!r} must be 'rl' or 'sft'")
@@ -169,6 +183,9 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
                   "model.param_dtype": (c.model.get("param_dtype", "float32"), DTYPE_NAMES),
                   "train.remat": (tr.get("remat", "none"), REMAT_POLICIES),
                   "train.attention": (tr.get("attention", "auto"), ATTENTION_IMPLS)})
+  if int(tr.keep_checkpoints) < 1:
+    raise ConfigError(f"train.keep_checkpoints={tr.keep_checkpoints} must be >= 1 (with 0 no checkpoint would be "
+                      f"kept and the run could not be resumed)")
   for name, v in (("train.logprob_chunk", tr.get("logprob_chunk", 0)),):
     if int(v) < 0:
       raise ConfigError(f"{name}={v} must be >= 0 (0: the whole completion at once)")

@@ -1,4 +1,7 @@
-"""`dashjax-train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE ...] [--resume]`."""
+"""`dashjax-train --config configs/NAME.py --workdir DIR [--config.KEY=VALUE ...] [--resume | --overwrite]`.
+
+A workdir that already holds a run (metrics.jsonl or checkpoints) is continued with --resume or moved aside with
+--overwrite (to WORKDIR.replaced-YYYYmmdd-HHMMSS); without either it is refused, so two runs never mix."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -14,8 +18,59 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (
                                           lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder: metrics.jsonl, tb/, checkpoints/, curve.png.")
 flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
+flags.DEFINE_bool("overwrite", False, "Start over in a used --workdir: move the old run to "
+                  "WORKDIR.replaced-YYYYmmdd-HHMMSS first.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 FLAGS = flags.FLAGS
+PROG = "dashjax-train"
+
+
+def _error(message: str, status: int = 2) -> int:
+  print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+  return status
+
+
+def _run_state(workdir: str) -> tuple[bool, list[int], bool]:
+  """(metrics.jsonl exists, finished checkpoint steps, checkpoints/ holds anything) -- read only, no side effects."""
+  has_metrics = os.path.isfile(os.path.join(workdir, "metrics.jsonl"))
+  try:
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+  except (FileNotFoundError, NotADirectoryError):
+    names = []
+  return has_metrics, sorted(int(n) for n in names if n.isdigit()), bool(names)
+
+
+def _check_workdir(workdir: str, resume: bool, overwrite: bool) -> tuple[str | None, bool]:
+  """(an error message or None, whether the old run must be moved aside). Changes nothing on disk."""
+  if resume and overwrite:
+    return "--resume and --overwrite contradict each other: continue the run in WORKDIR or start over, not both", False
+  if "://" in workdir:  # remote workdirs (gs://...) are not inspected here
+    return None, False
+  has_metrics, steps, has_checkpoints = _run_state(workdir)
+  if resume:
+    if steps:
+      return None, False
+    fix = ("start over with --overwrite (moves the old logs aside)" if has_metrics or has_checkpoints else
+           "start a new run without --resume")
+    return f"--resume: {workdir} holds no checkpoint to resume from; {fix}", False
+  if not (has_metrics or has_checkpoints):
+    return None, False
+  if overwrite:
+    return None, True
+  held = (["metrics.jsonl"] if has_metrics else []) + (
+      [f"checkpoints up to step {steps[-1]}"] if steps else ["an unfinished checkpoint"] if has_checkpoints else [])
+  return (f"{workdir} already holds a run ({', '.join(held)}); continue it with --resume, or start over with "
+          f"--overwrite (moves the old run to {workdir.rstrip(os.sep)}.replaced-YYYYmmdd-HHMMSS)"), False
+
+
+def _move_aside(workdir: str) -> str:
+  base = f"{workdir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+  target, n = base, 1
+  while os.path.exists(target):
+    n += 1
+    target = f"{base}-{n}"
+  os.rename(workdir, target)
+  return target
 
 
 def _main(argv):
@@ -36,17 +91,33 @@ def _main(argv):
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
-  os.makedirs(FLAGS.workdir, exist_ok=True)
   import jax
+
+  problem, move = _check_workdir(FLAGS.workdir, FLAGS.resume, FLAGS.overwrite)
+  if problem:
+    return _error(problem)
+  if move:
+    from jax.experimental import multihost_utils
+
+    multi = jax.process_count() > 1
+    if multi:  # every process has looked at the workdir before process 0 moves it
+      multihost_utils.sync_global_devices("dashjax-train: workdir checked")
+    if jax.process_index() == 0:
+      print(f"--overwrite: moved the old run to {_move_aside(FLAGS.workdir)}", file=sys.stderr, flush=True)
+    if multi:
+      multihost_utils.sync_global_devices("dashjax-train: old run moved")
+  os.makedirs(FLAGS.workdir, exist_ok=True)
 
   if jax.process_index() == 0:
     with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  from dashjax.train.trainer import Trainer  # RL and SFT (config.mode) share one loop
+  from dashjax.train.trainer import NonFiniteError, Trainer  # RL and SFT (config.mode) share one loop
 
   trainer = Trainer(config, FLAGS.workdir, resume=FLAGS.resume)
   try:
     summary = trainer.run(progress=FLAGS.progress)
+  except NonFiniteError as e:
+    return _error(str(e), status=1)
   finally:
     trainer.close()
   if jax.process_index() == 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -44,6 +45,16 @@ from dashjax.train.sft import sft_batch
 from dashjax.train.update import Updater, UpdateResult
 
 log = logging.getLogger("dashjax")
+
+
+class NonFiniteError(RuntimeError):
+  """A training step produced a NaN or infinite loss or gradient norm; nothing of that step was saved."""
+
+
+def _non_finite(m: dict) -> list[str]:
+  """The loss/gradient-norm entries of a step's metrics that are NaN or infinite (None: no update this step)."""
+  return [f"{k}={m[k]}" for k in ("pg_loss", "nll", "grad_norm")
+          if isinstance(m.get(k), (int, float)) and not math.isfinite(m[k])]
 
 
 class Trainer:
@@ -250,6 +261,13 @@ class Trainer:
                  dynamic_ncols=True)
       while self.step < end:
         m = self.train_step()
+        bad = _non_finite(m)  # metrics are identical on every process, so all of them stop here together
+        if bad:
+          bar.close()
+          last = self.checkpointer.latest_step()
+          raise NonFiniteError(
+              f"step {m['step']} produced a non-finite {', '.join(bad)}; stopped without saving that step "
+              f"(last good checkpoint: {'none' if last is None else f'step {last}'} in {self.checkpointer.directory})")
         self.metrics.write(m)
         if c.mode == "sft":
           bar.set_postfix(nll=f"{m['nll']:.3f}", s=f"{m['step_s']:.1f}")
