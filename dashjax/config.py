@@ -109,6 +109,45 @@ def _non_finite_fields(node, prefix: str = ""):
       yield name, value
 
 
+def _check_fields_before_load(c):
+  """Fields that used to fail only after the model loaded (or, for reward.fn, after the first sampling step)."""
+  sp, rw, d = c.sampling, c.reward, c.data
+  if not 0.0 < float(sp.top_p) <= 1.0:
+    raise ConfigError(f"sampling.top_p={sp.top_p} must be in (0, 1] (1 disables nucleus sampling)")
+  if int(sp.top_k) < 0:
+    raise ConfigError(f"sampling.top_k={sp.top_k} must be >= 0 (0 disables top-k)")
+  if float(rw.timeout_s) <= 0:
+    raise ConfigError(f"reward.timeout_s={rw.timeout_s} must be > 0 (seconds allowed to score one completion)")
+  if int(rw.workers) < 0:
+    raise ConfigError(f"reward.workers={rw.workers} must be >= 0 (0 scores in this process)")
+  for name in ("train_size", "heldout_size"):
+    if int(d[name]) < 0:
+      raise ConfigError(f"data.{name}={d[name]} must be >= 0 (0: all examples)")
+  if int(c.train.checkpoint_every) < 0:
+    raise ConfigError(f"train.checkpoint_every={c.train.checkpoint_every} must be >= 0 (0: only at the end)")
+  if d.source == "gym":
+    from reasoning_gym.factory import DATASETS
+
+    if d.task not in DATASETS:
+      close = sorted(n for n in DATASETS if d.task and (d.task in n or n in d.task))[:5]
+      raise ConfigError(f"data.task={d.task!r} is not a reasoning-gym task" +
+                        (f"; did you mean one of {close}?" if close else f" ({len(DATASETS)} exist, e.g. "
+                         f"basic_arithmetic, gsm_symbolic)"))
+  if ":" in rw.fn:
+    import importlib
+
+    module, _, qualname = rw.fn.partition(":")
+    try:
+      obj = importlib.import_module(module)
+      for part in qualname.split("."):
+        obj = getattr(obj, part)
+    except Exception as e:  # ImportError, AttributeError, or the module's own error
+      raise ConfigError(f"reward.fn={rw.fn!r} does not load ({type(e).__name__}: {e}); give an importable "
+                        f"'module:function'") from None
+    if not callable(obj):
+      raise ConfigError(f"reward.fn={rw.fn!r} is not callable")
+
+
 def validate(c, num_devices: int | None = None) -> BatchPlan:
   """Checks the config and returns the batch plan; raises ConfigError naming the fields and the fix."""
   for name, value in _non_finite_fields(c):
@@ -183,6 +222,7 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
                   "model.param_dtype": (c.model.get("param_dtype", "float32"), DTYPE_NAMES),
                   "train.remat": (tr.get("remat", "none"), REMAT_POLICIES),
                   "train.attention": (tr.get("attention", "auto"), ATTENTION_IMPLS)})
+  _check_fields_before_load(c)
   if int(tr.keep_checkpoints) < 1:
     raise ConfigError(f"train.keep_checkpoints={tr.keep_checkpoints} must be >= 1 (with 0 no checkpoint would be "
                       f"kept and the run could not be resumed)")
