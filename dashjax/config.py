@@ -134,13 +134,10 @@ def _check_fields_before_load(c):
                         (f"; did you mean one of {close}?" if close else f" ({len(DATASETS)} exist, e.g. "
                          f"basic_arithmetic, gsm_symbolic)"))
   if ":" in rw.fn:
-    import importlib
+    from dashjax.rewards.pool import load_scorer
 
-    module, _, qualname = rw.fn.partition(":")
     try:
-      obj = importlib.import_module(module)
-      for part in qualname.split("."):
-        obj = getattr(obj, part)
+      obj = load_scorer(rw.fn)
     except Exception as e:  # ImportError, AttributeError, or the module's own error
       raise ConfigError(f"reward.fn={rw.fn!r} does not load ({type(e).__name__}: {e}); give an importable "
                         f"'module:function'") from None
@@ -226,9 +223,8 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
   if int(tr.keep_checkpoints) < 1:
     raise ConfigError(f"train.keep_checkpoints={tr.keep_checkpoints} must be >= 1 (with 0 no checkpoint would be "
                       f"kept and the run could not be resumed)")
-  for name, v in (("train.logprob_chunk", tr.get("logprob_chunk", 0)),):
-    if int(v) < 0:
-      raise ConfigError(f"{name}={v} must be >= 0 (0: the whole completion at once)")
+  if int(tr.get("logprob_chunk", 0)) < 0:
+    raise ConfigError(f"train.logprob_chunk={tr.logprob_chunk} must be >= 0 (0: the whole completion at once)")
   if int(tr.get("attention_block", 512)) < 1:
     raise ConfigError(f"train.attention_block={tr.attention_block} must be >= 1")
   if c.reward.fn not in ("gym", "math", "contains") and ":" not in c.reward.fn:

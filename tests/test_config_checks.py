@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import reasoning_gym.factory  # noqa: F401  imported up front: the 2 s bound is on validation, not a first import
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 import tiny  # noqa: E402

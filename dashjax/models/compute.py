@@ -67,6 +67,11 @@ def platform() -> str:
   return _TARGET_PLATFORM.get() or jax.default_backend()
 
 
+def cast_floats(tree, dtype):
+  """The tree with its floating-point leaves in `dtype` (integer leaves untouched)."""
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def einsum_f32(eq: str, a, b):
   """einsum with float32 results from any operand dtype.
 

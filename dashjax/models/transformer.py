@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dashjax.models.attention import Segment, attend
-from dashjax.models.compute import PLAIN, ComputeOptions, einsum_f32, remat_policy
+from dashjax.models.compute import PLAIN, ComputeOptions, cast_floats, einsum_f32, remat_policy
 from dashjax.models.config import ModelConfig
 from dashjax.models.rope import apply_rope, inverse_frequencies
 
@@ -161,10 +161,6 @@ class Block(nnx.Module):
     return x + self.mlp(self.mlp_norm(x)), kv
 
 
-def _cast_floats(tree, dtype):
-  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
 def _layer_fn(graphdef, call, opts: ComputeOptions, dtype):
   """(layer state, x, own inputs) -> (x, kv) for one decoder layer, with gathered weights and rematerialized as
   `opts` say. Weights are cast to the compute dtype before the gather (half the bytes moved) and inside the remat
@@ -172,7 +168,7 @@ def _layer_fn(graphdef, call, opts: ComputeOptions, dtype):
 
   def run(state, x, own):
     if opts.gather is not None:
-      state = opts.gather(_cast_floats(state, dtype))
+      state = opts.gather(cast_floats(state, dtype))
     return call(nnx.merge(graphdef, state), x, own)
 
   return jax.checkpoint(run, policy=remat_policy(opts.remat)) if opts.remat != "none" else run
@@ -184,24 +180,18 @@ def _run_layers(layers, call, opts: ComputeOptions, dtype, x, own_per_layer):
   Returns the last hidden states and the tuple of per-layer KVs. With `opts.scan_layers` the layers run as one
   `lax.scan` over a stacked compute-dtype copy of their weights: one layer is compiled instead of all of them.
   """
-  if opts.remat == "none" and opts.gather is None and not opts.scan_layers:
-    kvs = []
-    for layer, own in zip(layers, own_per_layer):
-      x = opts.constrain(x) if opts.constrain is not None else x
-      x, kv = call(layer, x, own)
-      kvs.append(kv)
-    return x, tuple(kvs)
-  graphdef = nnx.split(layers[0])[0]
-  fn = _layer_fn(graphdef, call, opts, dtype)
+  plain = opts.remat == "none" and opts.gather is None  # the sampler's path: call the modules directly
+  fn = None if plain else _layer_fn(nnx.split(layers[0])[0], call, opts, dtype)
   if not opts.scan_layers:
     kvs = []
     for layer, own in zip(layers, own_per_layer):
       x = opts.constrain(x) if opts.constrain is not None else x
-      x, kv = fn(nnx.split(layer)[1], x, own)
+      x, kv = call(layer, x, own) if plain else fn(nnx.split(layer)[1], x, own)
       kvs.append(kv)
     return x, tuple(kvs)
+  fn = fn or _layer_fn(nnx.split(layers[0])[0], call, opts, dtype)
   stack = lambda *xs: jnp.stack(xs)  # noqa: E731
-  states = jax.tree.map(stack, *[_cast_floats(nnx.split(layer)[1], dtype) for layer in layers])
+  states = jax.tree.map(stack, *[cast_floats(nnx.split(layer)[1], dtype) for layer in layers])
   owns = jax.tree.map(stack, *own_per_layer)
 
   def body(x, xs):
@@ -231,7 +221,7 @@ class Transformer(nnx.Module):
 
   def _weight(self, opts: ComputeOptions, tree):
     """A top-level weight in the compute dtype, gathered over FSDP when `opts` say so."""
-    tree = _cast_floats(tree, self.dtype)
+    tree = cast_floats(tree, self.dtype)
     return tree if opts.gather is None else opts.gather(tree)
 
   def output_weight(self, opts: ComputeOptions = PLAIN):

@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dashjax.config import validate
-from dashjax.models.compute import target_platform
+from dashjax.models.compute import cast_floats, target_platform
 from dashjax.models.config import resolve_dtype
 from dashjax.models.presets import model_config
 from dashjax.models.transformer import Transformer
@@ -177,8 +177,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   learner_sh = param_shardings(state, mesh, LEARNER_RULES)
   sampler_sh = param_shardings(state, mesh, SAMPLER_RULES)
   params = _abstract(state, learner_sh)
-  compute = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
-  sampler_params = _abstract(jax.eval_shape(lambda p: jax.tree.map(compute, p), state), sampler_sh)
+  sampler_params = _abstract(jax.eval_shape(lambda p: cast_floats(p, dtype), state), sampler_sh)
 
   opt = programs.optimizer(c, plan)
   opt_abstract = jax.eval_shape(opt.init, params)

@@ -65,9 +65,7 @@ def param_shardings(params, mesh: Mesh, rules: dict):
   """A pytree of NamedShardings matching `params` (an nnx.State of parameters)."""
 
   def one(path, leaf):
-    keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-    name = "/".join(k for k in keys if k != "value")  # nnx Variables add a trailing ".value" to the path
-    return NamedSharding(mesh, spec_for(name, leaf.shape, mesh, rules))
+    return NamedSharding(mesh, spec_for("/".join(_path_keys(path)), leaf.shape, mesh, rules))
 
   return jax.tree_util.tree_map_with_path(one, params)
 
@@ -132,7 +130,7 @@ def row_constraint(mesh: Mesh):
 
 def _path_keys(path) -> tuple[str, ...]:
   keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
-  return tuple(k for k in keys if k != "value")
+  return tuple(k for k in keys if k != "value")  # nnx Variables add a trailing ".value" to the path
 
 
 def opt_state_shardings(opt_state, params, param_shardings_tree, mesh: Mesh):

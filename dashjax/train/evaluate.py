@@ -19,6 +19,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
   return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def rows_per_call(batch_size: int, samples: int) -> int:
+  """Rows per evaluation sampler call: whole groups of `samples`, at least one group."""
+  return max(samples, (batch_size // samples) * samples)
+
+
 class Evaluator:
   """Samples `samples` completions per held-out prompt in fixed-shape calls and scores them."""
 
@@ -28,7 +33,7 @@ class Evaluator:
       raise ValueError(f"eval.samples={samples} with eval.temperature=0 would repeat one greedy answer; "
                        f"set eval.samples=1 or eval.temperature > 0")
     self.samples = samples
-    rows = max(samples, (batch_size // samples) * samples)
+    rows = rows_per_call(batch_size, samples)
     sampler = Sampler(graphdef, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                                top_p=top_p, samples_per_prompt=samples, eos_ids=tuple(eos_ids),
                                                pad_id=pad_id))

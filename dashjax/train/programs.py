@@ -11,9 +11,8 @@ ahead-of-time fit check (`dashjax-fit`), so that what is measured is what runs.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
-from dashjax.models.compute import ComputeOptions
+from dashjax.models.compute import ComputeOptions, cast_floats
 from dashjax.models.config import resolve_dtype
 from dashjax.parallel.mesh import LEARNER_RULES, fsdp_gather, row_constraint
 from dashjax.sampling import Sampler, SamplingConfig
@@ -60,8 +59,9 @@ def train_sampler(config, graphdef, eos_ids, pad_id: int) -> Sampler:
 
 def eval_rows(config) -> int:
   """Rows per evaluation sampler call (whole groups of eval.samples)."""
-  s = max(int(config.eval.samples), 1)
-  return max(s, (int(config.eval.batch_size) // s) * s)
+  from dashjax.train.evaluate import rows_per_call
+
+  return rows_per_call(int(config.eval.batch_size), max(int(config.eval.samples), 1))
 
 
 def eval_sampling_config(config, eos_ids, pad_id: int) -> SamplingConfig:
@@ -83,8 +83,7 @@ class SamplerCast:
 
   def __init__(self, dtype, learner_shardings, sampler_shardings):
     self.sampler_shardings = sampler_shardings
-    self.cast = jax.jit(lambda p: jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, p), out_shardings=learner_shardings)
+    self.cast = jax.jit(lambda p: cast_floats(p, dtype), out_shardings=learner_shardings)
 
   def gather(self, low):
     return jax.tree.map(jax.device_put, low, self.sampler_shardings)
