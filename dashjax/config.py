@@ -26,7 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = dict(source="gym", task="basic_arithmetic", task_kwargs={}, train_size=2000, heldout_size=200, seed=0,
                 template="chat", instruction="", max_prompt_tokens=64, path="", heldout_path="", name="",
                 config_name="", split="train", heldout_split="", problem_field="problem", answer_field="answer",
-                solution_field="solution")
+                solution_field="solution",
+                # file/hub rows that cannot be used (broken JSON, empty problem, missing gold answer): "skip" drops
+                # them with one warning that counts them by reason and names the first; "error" stops at the first
+                bad_rows="skip")
   c.reward = dict(fn="gym", workers=2, timeout_s=5.0)
   c.rl = dict(
       algo="dash",
@@ -109,9 +112,15 @@ def _non_finite_fields(node, prefix: str = ""):
       yield name, value
 
 
-def _check_fields_before_load(c):
+def _check_fields_before_load(c, check_model_source: bool):
   """Fields that used to fail only after the model loaded (or, for reward.fn, after the first sampling step)."""
   sp, rw, d = c.sampling, c.reward, c.data
+  if check_model_source:
+    from dashjax.models.loading import source_problem
+
+    problem = source_problem(str(c.model.source))
+    if problem:
+      raise ConfigError(problem)
   if not 0.0 < float(sp.top_p) <= 1.0:
     raise ConfigError(f"sampling.top_p={sp.top_p} must be in (0, 1] (1 disables nucleus sampling)")
   if int(sp.top_k) < 0:
@@ -123,8 +132,28 @@ def _check_fields_before_load(c):
   for name in ("train_size", "heldout_size"):
     if int(d[name]) < 0:
       raise ConfigError(f"data.{name}={d[name]} must be >= 0 (0: all examples)")
+  if d.get("bad_rows", "skip") not in ("skip", "error"):
+    raise ConfigError(f"data.bad_rows={d.bad_rows!r} must be 'skip' (drop unusable rows, counted in one warning) or "
+                      "'error' (stop at the first)")
+  if int(c.eval.samples) > 1 and float(c.eval.temperature) == 0:
+    raise ConfigError(f"eval.samples={c.eval.samples} with eval.temperature=0 would repeat one greedy answer; set "
+                      f"eval.samples=1 or eval.temperature > 0 (e.g. 1.0)")
   if int(c.train.checkpoint_every) < 0:
     raise ConfigError(f"train.checkpoint_every={c.train.checkpoint_every} must be >= 0 (0: only at the end)")
+  ev, tr = c.eval, c.train
+  for name, value, low, why in (
+      ("eval.num_prompts", ev.num_prompts, 1, ""), ("eval.samples", ev.samples, 1, ""),
+      ("eval.batch_size", ev.batch_size, 1, ""), ("eval.max_new_tokens", ev.max_new_tokens, 0, " (0: as sampling)"),
+      ("eval.every", ev.every, 0, " (0: only before and after)"), ("train.warmup_steps", tr.warmup_steps, 0, ""),
+      ("train.seed", tr.seed, 0, ""), ("data.seed", d.seed, 0, ""), ("train.sft_epochs", tr.sft_epochs, 1, "")):
+    if int(value) < low:
+      raise ConfigError(f"{name}={value} must be >= {low}{why}")
+  for name, value, low, strict in (("eval.temperature", ev.temperature, 0.0, False),
+                                   ("train.weight_decay", tr.weight_decay, 0.0, False),
+                                   ("train.max_grad_norm", tr.max_grad_norm, 0.0, False),  # 0: no clipping
+                                   ("rl.clip_eps", c.rl.clip_eps, 0.0, True)):
+    if float(value) < low or (strict and float(value) == low):
+      raise ConfigError(f"{name}={value} must be {'>' if strict else '>='} {low}")
   if d.source == "gym":
     from reasoning_gym.factory import DATASETS
 
@@ -133,6 +162,20 @@ def _check_fields_before_load(c):
       raise ConfigError(f"data.task={d.task!r} is not a reasoning-gym task" +
                         (f"; did you mean one of {close}?" if close else f" ({len(DATASETS)} exist, e.g. "
                          f"basic_arithmetic, gsm_symbolic)"))
+  elif d.source in ("file", "hub"):
+    if d.get("task_kwargs"):
+      raise ConfigError(f"data.task_kwargs={dict(d.task_kwargs)} only apply to data.source='gym'; remove them (a "
+                        f"{d.source} dataset is read as it is)")
+    from reasoning_gym.factory import DATASETS
+
+    if d.task in DATASETS:  # e.g. base_config's default, or a task meant for data.source='gym'
+      raise ConfigError(f"data.task={d.task!r} names a reasoning-gym task, but data.source={d.source!r} reads its "
+                        f"rows from data.{'path' if d.source == 'file' else 'name'} and uses data.task only as a "
+                        f"label: set data.source='gym' to train on that task, or label the data (e.g. "
+                        f"data.task='math')")
+  if rw.fn == "gym" and d.source != "gym":
+    raise ConfigError(f"reward.fn='gym' scores reasoning-gym items, but data.source={d.source!r}: use "
+                      f"reward.fn='math' (or another scorer) for {d.source} data")
   if ":" in rw.fn:
     from dashjax.rewards.pool import load_scorer
 
@@ -145,8 +188,11 @@ def _check_fields_before_load(c):
       raise ConfigError(f"reward.fn={rw.fn!r} is not callable")
 
 
-def validate(c, num_devices: int | None = None) -> BatchPlan:
-  """Checks the config and returns the batch plan; raises ConfigError naming the fields and the fix."""
+def validate(c, num_devices: int | None = None, *, check_model_source: bool = True) -> BatchPlan:
+  """Checks the config and returns the batch plan; raises ConfigError naming the fields and the fix.
+
+  `check_model_source=False` for shape-only work (the fit check, benchmarks on stand-in weights), where the
+  model named in the config is never loaded."""
   for name, value in _non_finite_fields(c):
     raise ConfigError(f"{name}={value} must be a finite number")
   rl, tr, sp = c.rl, c.train, c.sampling
@@ -219,7 +265,7 @@ def validate(c, num_devices: int | None = None) -> BatchPlan:
                   "model.param_dtype": (c.model.get("param_dtype", "float32"), DTYPE_NAMES),
                   "train.remat": (tr.get("remat", "none"), REMAT_POLICIES),
                   "train.attention": (tr.get("attention", "auto"), ATTENTION_IMPLS)})
-  _check_fields_before_load(c)
+  _check_fields_before_load(c, check_model_source)
   if int(tr.keep_checkpoints) < 1:
     raise ConfigError(f"train.keep_checkpoints={tr.keep_checkpoints} must be >= 1 (with 0 no checkpoint would be "
                       f"kept and the run could not be resumed)")

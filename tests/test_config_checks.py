@@ -25,6 +25,12 @@ CASES = [
     ({"data.source": "gym", "data.task": "basic_arithmatic"}, "data.task"),
     ({"reward.fn": "no_such_module_xyz:score"}, "reward.fn"),
     ({"reward.fn": "os.path:no_such_function"}, "reward.fn"),
+    ({"reward.fn": "gym"}, "reward.fn"),  # the gym scorer on a file dataset could only ever fail
+    ({"data.task": "gsm_symbolic"}, "data.task"),  # a gym task name given to a file source: meaningless there
+    ({"data.task_kwargs": {"min_digits": 2}}, "data.task_kwargs"),
+    ({"data.bad_rows": "ignore"}, "data.bad_rows"),
+    ({"model.source": "/no/such/model.gguf"}, "model.source"),
+    ({"model.source": "no such model"}, "model.source"),
 ]
 
 

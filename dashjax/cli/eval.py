@@ -1,7 +1,8 @@
 """`dashjax-eval --config configs/NAME.py --workdir DIR [--config.eval.samples=8 ...]`.
 
-Evaluates the latest checkpoint in DIR (or the initial model when there is none) on the held-out split: mean@k and
-pass@k with the unbiased estimator. Writes DIR/eval.jsonl and prints the numbers.
+Evaluates the latest checkpoint of the run in DIR on the held-out split: mean@k and pass@k with the unbiased
+estimator. The run is only read: its metrics, eval.jsonl and checkpoints are never changed; the numbers go to
+DIR/eval-stepN.json (DIR/eval-initial.json for a run with no checkpoint yet, which evaluates the initial model).
 """
 
 from __future__ import annotations
@@ -9,47 +10,70 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from dashjax.cli.errors import CliError, config_value, parse_flags, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is evaluated).")
 flags.DEFINE_integer("seed", 1234, "Sampling seed for evaluation.")
 flags.DEFINE_integer("show", 3, "How many completions to print.")
+flags.DEFINE_bool("verbose", False, "Print the full traceback of an error (it always goes to a log file).")
 FLAGS = flags.FLAGS
+PROG = "dashjax-eval"
 
 
-def _main(argv):
-  del argv
+def _evaluate() -> int:
   from absl import logging as absl_logging
 
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every checkpoint step at INFO
+  config = config_value(_CONFIG, sys.argv)
+  if FLAGS.workdir is None:
+    raise CliError("--workdir is required (the training run to evaluate)")
+  if "://" not in FLAGS.workdir and not os.path.isdir(FLAGS.workdir):
+    raise CliError(f"--workdir {FLAGS.workdir} does not exist; give the folder of a training run")
+  from dashjax.config import validate
+
+  validate(config)
+  if FLAGS.show < 0:
+    raise CliError(f"--show={FLAGS.show} must be >= 0")
   from dashjax.train.trainer import Trainer
 
-  if FLAGS.workdir is None:
-    raise app.UsageError("--workdir is required")
-  config = _CONFIG.value
-  trainer = Trainer(config, FLAGS.workdir, resume=True)
+  trainer = Trainer(config, FLAGS.workdir, read_only=True)
   try:
     out = trainer.evaluate(seed=FLAGS.seed)
   finally:
     trainer.close()
-  where = f"checkpoint step {trainer.step}" if trainer.resumed else "the initial model (no checkpoint found)"
+  where = f"checkpoint step {trainer.step}" if trainer.resumed else "the initial model (the run has no checkpoint)"
   print(f"evaluated {where} on {out['num_prompts']} held-out prompts, {out['samples']} samples each")
   for k, v in out.items():
-    if k.startswith("pass@") or k in ("accuracy", "stderr", "timed_out"):
-      print(f"  {k:10s} {v:.4f}" if isinstance(v, float) else f"  {k:10s} {v}")
+    if k.startswith("pass@") or k in ("accuracy", "stderr", "timed_out", "reward_errors"):
+      print(f"  {k:13s} {v:.4f}" if isinstance(v, float) else f"  {k:13s} {v}")
   for text, ex in list(zip(out["texts"][::out["samples"]], trainer.heldout))[:FLAGS.show]:
     print(f"\n  Q: {ex.problem}\n  gold: {ex.answer}\n  model: {text.strip()[:300]}")
-  with open(os.path.join(FLAGS.workdir, "eval_summary.json"), "w") as f:
-    json.dump({k: v for k, v in out.items() if k != "texts"} | {"step": trainer.step}, f, indent=2)
+  name = f"eval-step{trainer.step}.json" if trainer.resumed else "eval-initial.json"
+  path = os.path.join(FLAGS.workdir, name)
+  with open(path, "w") as f:
+    json.dump({k: v for k, v in out.items() if k != "texts"} | {"step": trainer.step, "seed": FLAGS.seed}, f,
+              indent=2)
+  print(f"\nwrote {path}")
   return 0
+
+
+def _main(argv):
+  del argv
+  try:
+    return _evaluate()
+  except Exception as e:  # one line; the traceback goes to a log file (and to stderr with --verbose)
+    return report(PROG, e, FLAGS.verbose)
 
 
 def main():
   logging.getLogger("absl").setLevel(logging.WARNING)
-  app.run(_main)
+  app.run(_main, flags_parser=parse_flags(PROG))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import time
+
+PROG = "dashjax-generate"
 
 
 DEFAULT_PROMPTS = (
@@ -14,8 +18,14 @@ DEFAULT_PROMPTS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, not argparse's usage block
+    print(f"{PROG}: error: {message} (see --help)", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__)
+  p = _Parser(prog=PROG, description=__doc__)
   p.add_argument("--model", default="smollm2-135m-instruct",
                  help="HF folder, hub name, .gguf file, or alias (default works offline)")
   p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: three built-in prompts")
@@ -27,11 +37,48 @@ def parse_args(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--no-chat", action="store_true", help="feed raw text instead of the chat template")
-  return p.parse_args(argv)
+  p.add_argument("--verbose", action="store_true", help="print the full traceback of an error")
+  args = p.parse_args(argv)
+  problem = check_args(args)
+  if problem:
+    p.error(problem)  # "dashjax-generate: error: ..." and exit status 2, before the model loads
+  return args
+
+
+def check_args(args) -> str | None:
+  """The first problem with the numeric arguments, named as on the command line (None: all fine)."""
+  if args.max_new_tokens < 1:
+    return f"--max-new-tokens={args.max_new_tokens} must be >= 1"
+  if not math.isfinite(args.temperature) or args.temperature < 0:
+    return f"--temperature={args.temperature} must be >= 0 (0 = greedy)"
+  if args.top_k < 0:
+    return f"--top-k={args.top_k} must be >= 0 (0 disables top-k)"
+  if not 0.0 < args.top_p <= 1.0:
+    return f"--top-p={args.top_p} must be in (0, 1] (1 disables nucleus sampling)"
+  if args.samples < 1:
+    return f"--samples={args.samples} must be >= 1"
+  if args.samples > 1 and args.temperature == 0:
+    return (f"--samples={args.samples} with --temperature=0 (greedy) would print {args.samples} identical "
+            f"completions; add --temperature 0.8 (for example) or drop --samples")
+  if args.prompt is not None and not all(p.strip() for p in args.prompt):
+    return "--prompt is empty"
+  from dashjax.models.loading import source_problem
+
+  problem = source_problem(args.model)
+  return problem.replace("model.source=", "--model=") if problem else None
 
 
 def main(argv=None):
   args = parse_args(argv)
+  try:
+    return _generate(args)
+  except Exception as e:  # one line; the traceback goes to a log file (and to stderr with --verbose)
+    from dashjax.cli.errors import report
+
+    return report(PROG, e, args.verbose)
+
+
+def _generate(args):
   import dashjax
 
   t0 = time.perf_counter()
@@ -59,4 +106,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -14,6 +14,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from dashjax.cli.errors import CliError, config_value, parse_flags, report
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (optionally FILE:ARG).",
                                           lock_config=True)
 flags.DEFINE_string("workdir", None, "Output folder: metrics.jsonl, tb/, checkpoints/, curve.png.")
@@ -21,6 +23,7 @@ flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --wor
 flags.DEFINE_bool("overwrite", False, "Start over in a used --workdir: move the old run to "
                   "WORKDIR.replaced-YYYYmmdd-HHMMSS first.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("verbose", False, "Print the full traceback of an error (it always goes to a log file).")
 FLAGS = flags.FLAGS
 PROG = "dashjax-train"
 
@@ -73,24 +76,47 @@ def _move_aside(workdir: str) -> str:
   return target
 
 
+def _writable(workdir: str):
+  """Creates workdir (and parents) and proves a file can be written there, before the model loads."""
+  if "://" in workdir:
+    return
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise CliError(f"--workdir {workdir} is a file, not a folder")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    import errno
+
+    if e.errno == errno.ENOSPC:
+      raise
+    raise CliError(f"--workdir {workdir} is not writable: {e.strerror} ({e.filename or workdir})") from None
+
+
 def _main(argv):
   del argv
+  try:
+    return _train()
+  except Exception as e:  # one line; the traceback goes to a log file (and to stderr with --verbose)
+    return report(PROG, e, FLAGS.verbose)
+
+
+def _train() -> int:
   from absl import logging as absl_logging
 
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every checkpoint step at INFO
   from dashjax.parallel.distributed import initialize_from_env
 
   initialize_from_env()
-  from dashjax.config import ConfigError, validate
+  from dashjax.config import validate
 
-  config = _CONFIG.value
+  config = config_value(_CONFIG, sys.argv)
   if FLAGS.workdir is None:
-    raise app.UsageError("--workdir is required (where metrics, checkpoints and curve.png go)")
-  try:
-    validate(config)
-  except ConfigError as e:
-    print(f"config error: {e}", file=sys.stderr)
-    return 2
+    raise CliError("--workdir is required (where metrics, checkpoints and curve.png go)")
+  validate(config)
   import jax
 
   problem, move = _check_workdir(FLAGS.workdir, FLAGS.resume, FLAGS.overwrite)
@@ -106,17 +132,17 @@ def _main(argv):
       print(f"--overwrite: moved the old run to {_move_aside(FLAGS.workdir)}", file=sys.stderr, flush=True)
     if multi:
       multihost_utils.sync_global_devices("dashjax-train: old run moved")
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  _writable(FLAGS.workdir)
 
   if jax.process_index() == 0:
     with open(os.path.join(FLAGS.workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  from dashjax.train.trainer import NonFiniteError, Trainer  # RL and SFT (config.mode) share one loop
+  from dashjax.train.trainer import RunStopped, Trainer  # RL and SFT (config.mode) share one loop
 
   trainer = Trainer(config, FLAGS.workdir, resume=FLAGS.resume)
   try:
     summary = trainer.run(progress=FLAGS.progress)
-  except NonFiniteError as e:
+  except RunStopped as e:
     return _error(str(e), status=1)
   finally:
     trainer.close()
@@ -139,7 +165,7 @@ def _print_summary(summary: dict):
 
 def main():
   logging.getLogger("absl").setLevel(logging.WARNING)
-  app.run(_main)
+  app.run(_main, flags_parser=parse_flags(PROG))
 
 
 if __name__ == "__main__":

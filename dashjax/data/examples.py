@@ -7,6 +7,10 @@ import json
 from typing import Any
 
 
+class DataError(ValueError):
+  """Data that cannot be used as given: the message names the file (or dataset), the row and the field."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
   """A training or evaluation problem.

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 import warnings
 from collections.abc import Mapping
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from dashjax.data.examples import Example, jsonable
+from dashjax.data.examples import DataError, Example, jsonable
+from dashjax.data.tables import FILE_FORMATS, file_examples, hub_examples  # noqa: F401 (re-exported)
 
-FILE_FORMATS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet",
-                ".csv": "csv", ".arrow": "arrow"}
-_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
 # reasoning-gym seeds item i with Random(seed + i) and some tasks use np.random.seed(seed + i) (< 2**32).
 _GYM_SEED_RANGE = 2**31
 
@@ -34,12 +31,12 @@ def _gym_dataset(task: str, size: int, seed: int, task_kwargs: dict):
   if task not in names:
     close = difflib.get_close_matches(task, names, n=5)
     hint = f"did you mean {close}? " if close else ""
-    raise ValueError(f"unknown reasoning-gym task {task!r}; {hint}valid names include {names[:8]} ... "
+    raise DataError(f"unknown reasoning-gym task {task!r}; {hint}valid names include {names[:8]} ... "
                      f"({len(names)} in all, see reasoning_gym.factory.DATASETS)")
   try:
     return reasoning_gym.create_dataset(task, size=size, seed=seed, **task_kwargs)
   except (TypeError, ValueError, AssertionError) as e:
-    raise ValueError(f"reasoning-gym task {task!r} rejected its settings {task_kwargs}: {e}") from e
+    raise DataError(f"reasoning-gym task {task!r} rejected its settings {task_kwargs}: {e}") from e
 
 
 def _gym_example(task: str, seed: int, idx: int, entry: dict) -> Example:
@@ -56,7 +53,7 @@ def gym_examples(task: str, size: int, seed: int, **task_kwargs) -> list[Example
   items; `load_examples` therefore hashes the run seed into far-apart gym seeds.
   """
   if size < 0:
-    raise ValueError(f"size must be >= 0, got {size}")
+    raise DataError(f"size must be >= 0, got {size}")
   ds = _gym_dataset(task, size, seed, task_kwargs)
   return [_gym_example(task, seed, i, ds[i]) for i in range(size)]
 
@@ -74,96 +71,9 @@ def _gym_draw_excluding(task: str, size: int, seed: int, task_kwargs: dict, excl
     out.append(ex)
     if len(out) == size:
       return out
-  raise ValueError(f"reasoning-gym task {task!r} with {task_kwargs} gave only {len(out)} training questions that "
+  raise DataError(f"reasoning-gym task {task!r} with {task_kwargs} gave only {len(out)} training questions that "
                    f"are not held out, out of {budget} drawn (wanted data.train_size={size}); the task's question "
                    "space is too small: lower data.heldout_size or widen data.task_kwargs")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Tables (files and hub)
-
-
-def _rows_to_examples(rows: Iterable[Mapping], columns: list[str], problem_field: str, answer_field: str, task: str,
-                      uid_prefix: str, where: str) -> list[Example]:
-  for role, field in (("problem", problem_field), ("answer", answer_field)):
-    if field not in columns:
-      raise KeyError(f"{where} has no {role} field {field!r} (set data.{role}_field); available columns: {columns}")
-  out, empty, no_answer = [], 0, 0
-  for i, row in enumerate(rows):
-    problem = row[problem_field]
-    if problem is None or not str(problem).strip():
-      empty += 1
-      continue
-    answer = row[answer_field]
-    answer = "" if answer is None else str(answer)
-    no_answer += not answer.strip()
-    uid = next((str(row[k]) for k in ("unique_id", "uid", "id") if k in row and row[k] is not None),
-               f"{uid_prefix}/{i}")
-    out.append(Example(problem=str(problem), answer=answer, task=task, meta=jsonable(dict(row)), uid=uid))
-  if not out:
-    raise ValueError(f"{where}: all {empty} rows have an empty {problem_field!r} field")
-  if empty:
-    warnings.warn(f"{where}: skipped {empty} of {empty + len(out)} rows with an empty {problem_field!r} field")
-  if no_answer:
-    warnings.warn(f"{where}: {no_answer} of {len(out)} examples have an empty {answer_field!r} (gold) field")
-  return out
-
-
-def _file_format(path) -> str:
-  first = path[0] if isinstance(path, (list, tuple)) else path
-  name = os.fspath(first).lower()
-  for comp in _COMPRESSION:
-    if name.endswith(comp):
-      name = name[:-len(comp)]
-  fmt = FILE_FORMATS.get(os.path.splitext(name)[1])
-  if fmt is None:
-    raise ValueError(f"cannot tell the format of {os.fspath(first)!r} from its extension; "
-                     f"supported: {sorted(FILE_FORMATS)} (optionally compressed)")
-  return fmt
-
-
-def file_examples(path, problem_field: str = "problem", answer_field: str = "answer", split: str = "train",
-                  task: str = "math") -> list[Example]:
-  """Examples from local jsonl/json/parquet/csv files via `datasets.load_dataset(<format>, data_files=...)`.
-
-  `path` is a file, a glob or a list of them (all one split), or a dict {split: files} from which `split` is taken.
-  Rows with an empty problem are skipped with a warning saying how many. A `unique_id`/`uid`/`id` column, if present,
-  becomes the example uid.
-  """
-  import datasets
-
-  files = {k: _as_files(v) for k, v in path.items()} if isinstance(path, Mapping) else {split: _as_files(path)}
-  if split not in files:
-    raise KeyError(f"split {split!r} not in the files given ({sorted(files)})")
-  fmt = _file_format(files[split])
-  for f in files[split]:
-    if not any(c in f for c in "*?[") and not os.path.exists(f):
-      raise FileNotFoundError(f"data file not found: {f}")
-  ds = datasets.load_dataset(fmt, data_files=files, split=split)
-  stem = os.path.basename(files[split][0]).split(".")[0]
-  return _rows_to_examples(ds, ds.column_names, problem_field, answer_field, task, f"{stem}/{split}",
-                           f"file {files[split] if len(files[split]) > 1 else files[split][0]!r}")
-
-
-def _as_files(p) -> list[str]:
-  return [os.fspath(x) for x in p] if isinstance(p, (list, tuple)) else [os.fspath(p)]
-
-
-def hub_examples(name: str, split: str, problem_field: str = "problem", answer_field: str = "answer",
-                 config: str | None = None, task: str = "math") -> list[Example]:
-  """Examples from a Hugging Face hub dataset (needs network, or a dataset already in the local `datasets` cache)."""
-  import datasets
-
-  try:
-    ds = datasets.load_dataset(name, config, split=split)
-  except (ConnectionError, OSError) as e:  # OfflineModeIsEnabled / DatasetNotFoundError land here
-    raise RuntimeError(
-        f"could not load hub dataset {name!r} (config {config!r}, split {split!r}): {e}. Without network access, "
-        "save the data as local jsonl/parquet files and use data.source='file' with data.path "
-        "(and data.heldout_path)") from e
-  where = f"hub dataset {name!r} split {split!r}"
-  return _rows_to_examples(ds, ds.column_names, problem_field, answer_field, task,
-                           f"{name.rsplit('/', 1)[-1]}/{split}", where)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -201,7 +111,7 @@ def _split_tables(train: list[Example], heldout: list[Example] | None, train_siz
   rng = np.random.default_rng(stream_seed(seed, "split"))
   if heldout is None:  # no held-out file/split given: carve one off the training data
     if heldout_size >= len(train):
-      raise ValueError(f"data.heldout_size={heldout_size} leaves no training data ({len(train)} examples)")
+      raise DataError(f"data.heldout_size={heldout_size} leaves no training data ({len(train)} examples)")
     is_heldout = np.zeros(len(train), bool)
     is_heldout[rng.choice(len(train), size=heldout_size, replace=False)] = True
     heldout = [ex for ex, h in zip(train, is_heldout) if h]
@@ -214,7 +124,7 @@ def _split_tables(train: list[Example], heldout: list[Example] | None, train_siz
   if len(clean) < len(train):
     warnings.warn(f"dropped {len(train) - len(clean)} training examples whose problem text is also held out")
   if not clean:
-    raise ValueError("no training examples left after removing held-out problems")
+    raise DataError("no training examples left after removing held-out problems")
   if train_size:
     clean = _subset(clean, train_size, rng)
   return clean, heldout
@@ -227,10 +137,11 @@ def load_examples(data_cfg) -> tuple[list[Example], list[Example]]:
     gym: task, task_kwargs. Held-out and train come from different (hashed) gym seeds; held-out is a plain sample of
       the task's distribution and training skips its questions, so the two never share a question text.
     file: path, heldout_path; hub: name, config, split (default "train"), heldout_split;
-      both: problem_field, answer_field, task (the reward checker, default "math"). Without a held-out file/split, a
-      seeded random heldout_size subset of the training data is held out. train_size / heldout_size of 0 or None
-      mean "all" for tables (train_size is required for gym). Training problems equal to a held-out problem are
-      dropped with a warning.
+      both: problem_field, answer_field, task (the reward checker, default "math"), bad_rows ("skip": unusable rows
+      are dropped and counted in one warning; "error": the first one raises; see `dashjax.data.tables`). Without a
+      held-out file/split, a seeded random heldout_size subset of the training data is held out. train_size /
+      heldout_size of 0 or None mean "all" for tables (train_size is required for gym). Training problems equal to a
+      held-out problem are dropped with a warning.
   """
   d = data_cfg.data if _get(data_cfg, "source") is None and _get(data_cfg, "data") is not None else data_cfg
   source = _get(d, "source", "gym")
@@ -238,14 +149,14 @@ def load_examples(data_cfg) -> tuple[list[Example], list[Example]]:
   train_size = int(_get(d, "train_size", 0))
   heldout_size = int(_get(d, "heldout_size", 0))
   if train_size < 0 or heldout_size < 0:
-    raise ValueError(f"data.train_size ({train_size}) and data.heldout_size ({heldout_size}) must be >= 0")
+    raise DataError(f"data.train_size ({train_size}) and data.heldout_size ({heldout_size}) must be >= 0")
 
   if source == "gym":
     task = _get(d, "task")
     if not task:
-      raise ValueError("data.source='gym' needs data.task (a reasoning-gym task name, e.g. 'basic_arithmetic')")
+      raise DataError("data.source='gym' needs data.task (a reasoning-gym task name, e.g. 'basic_arithmetic')")
     if train_size < 1:
-      raise ValueError(f"data.source='gym' needs data.train_size >= 1, got {train_size}")
+      raise DataError(f"data.source='gym' needs data.train_size >= 1, got {train_size}")
     kwargs = _as_dict(_get(d, "task_kwargs"))
     # Held-out first, as plain draws from the task's distribution; training then skips those questions. (Removing
     # training questions from the held-out set instead would bias it: with 2000 training draws nearly every small
@@ -255,22 +166,22 @@ def load_examples(data_cfg) -> tuple[list[Example], list[Example]]:
     return train, heldout
 
   fields = dict(problem_field=_get(d, "problem_field", "problem"), answer_field=_get(d, "answer_field", "answer"),
-                task=_get(d, "task", "math"))
+                task=_get(d, "task", "math"), bad_rows=_get(d, "bad_rows", "skip"))
   if source == "file":
     path = _get(d, "path")
     if not path:
-      raise ValueError("data.source='file' needs data.path (a local jsonl/json/parquet/csv file)")
+      raise DataError("data.source='file' needs data.path (a local jsonl/json/parquet/csv file)")
     train = file_examples(path, **fields)
     hpath = _get(d, "heldout_path")
     heldout = file_examples(hpath, **fields) if hpath else None
   elif source == "hub":
     name = _get(d, "name")
     if not name:
-      raise ValueError("data.source='hub' needs data.name (a Hugging Face dataset id)")
-    config = _get(d, "config") or None
+      raise DataError("data.source='hub' needs data.name (a Hugging Face dataset id)")
+    config = _get(d, "config_name") or _get(d, "config") or None  # base_config names it config_name
     train = hub_examples(name, _get(d, "split", "train"), config=config, **fields)
     hsplit = _get(d, "heldout_split")
     heldout = hub_examples(name, hsplit, config=config, **fields) if hsplit else None
   else:
-    raise ValueError(f"unknown data.source {source!r}; use 'gym', 'file' or 'hub'")
+    raise DataError(f"unknown data.source {source!r}; use 'gym', 'file' or 'hub'")
   return _split_tables(train, heldout, train_size, heldout_size, seed)

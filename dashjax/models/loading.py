@@ -37,6 +37,31 @@ def tiny_random_model(dtype="float32", seed: int = 0, param_dtype="float32"):
                      rngs=nnx.Rngs(seed)), tokenizer
 
 
+def source_problem(source: str) -> str | None:
+  """Why `load_model(source)` cannot work, found without loading anything (None: it may work)."""
+  if source in RANDOM_ALIASES or source in ALIASES:
+    return None
+  if os.path.isdir(source):
+    has = os.path.isfile(os.path.join(source, "config.json"))
+    return None if has else f"model.source={source!r} is a folder without config.json (not a Hugging Face model)"
+  if os.path.exists(source):
+    return None if source.endswith(".gguf") else (
+        f"model.source={source!r} is a file but not a .gguf file; pass a model folder, a .gguf file or a hub name")
+  if source.endswith(".gguf") or source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep + os.sep in \
+      source:
+    return f"model.source={source!r} does not exist"
+  if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+    return (f"model.source={source!r} is not a folder, .gguf file, hub name (org/name) or alias "
+            f"({', '.join([*ALIASES, *RANDOM_ALIASES])})")
+  if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+      return (f"model.source={source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; pass a "
+              f"local folder or the offline alias 'smollm2-135m-instruct'")
+  return None
+
+
 def load_model(source: str, dtype="float32", param_dtype="float32"):
   """Returns (model, tokenizer): computing in `dtype`, parameters stored in `param_dtype`.
 

@@ -165,7 +165,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   if topology:
     devices = topology_devices(topology)
   devices = list(devices if devices is not None else jax.devices())
-  plan = validate(config, num_devices=len(devices))
+  plan = validate(config, num_devices=len(devices), check_model_source=False)
   mesh = make_mesh(plan.mesh_shape, devices)
   platform = devices[0].platform
   capacity = chip_memory(devices[0])

@@ -1,7 +1,9 @@
 """Rewards for reasoning-gym tasks, scored by each task's own `score_answer` on the extracted answer.
 
 `gym_reward(completion, entry)` takes a reasoning-gym item (`{"question", "answer", "metadata"}` with
-`metadata["source_dataset"]` naming the task, also for items drawn from composite datasets).
+`metadata["source_dataset"]` naming the task, also for items drawn from composite datasets). Any other target
+raises ValueError (a configuration error, e.g. reward.fn="gym" on file data, which RewardPool counts in `errors`),
+while a task scorer that raises on a malformed answer scores 0 and is no error.
 
 The completion is reduced to its final answer first: gym scorers compare against the bare answer, and a model that
 writes "5 - 3 = 2" or a sentence gets ~0 (the base scorer's substring credit, len(gold)/len(text)) on its raw text.
@@ -32,12 +34,24 @@ def _scorer(task: str):
   return reasoning_gym.get_score_answer_fn(task)
 
 
+def _task(entry) -> str:
+  """The entry's reasoning-gym task name; ValueError if it is not a reasoning-gym item."""
+  meta = entry.get("metadata") if isinstance(entry, dict) else None
+  if isinstance(meta, dict) and isinstance(meta.get("source_dataset"), str):
+    return meta["source_dataset"]
+  what = f"keys {sorted(map(str, entry))[:8]}" if isinstance(entry, dict) else f"type {type(entry).__name__}"
+  raise ValueError(f"reward.fn='gym' needs reasoning-gym items (with metadata.source_dataset); this target has "
+                   f"{what}: use reward.fn='math' for file data")
+
+
 def gym_score(answer: str | None, entry: dict) -> float:
-  """The task's own score for an already extracted answer, clipped to [0, 1]; 0.0 if the scorer raises."""
+  """The task's own score for an already extracted answer, clipped to [0, 1]; 0.0 if the task's scorer raises.
+  ValueError if entry is not a reasoning-gym item; an unknown task raises reasoning-gym's error."""
+  fn = _scorer(_task(entry))
   if answer is None:
     return 0.0
   try:
-    score = float(_scorer(entry["metadata"]["source_dataset"])(answer, entry))
+    score = float(fn(answer, entry))
   except Exception:  # scorers may choke on malformed answers; that is a wrong answer, not a crash
     return 0.0
   return min(max(score, 0.0), 1.0)
@@ -45,6 +59,7 @@ def gym_score(answer: str | None, entry: dict) -> float:
 
 def gym_reward(completion: str, entry: dict) -> float:
   """Reward in [0, 1] for a completion of the reasoning-gym item `entry` (see the module docstring)."""
+  _task(entry)  # every sample of a misconfigured run errors, not only those that reach the task's scorer
   gold = entry.get("answer")
   numeric = gold is not None and to_number(normalize_answer(str(gold))) is not None
   pred = extract_answer(completion, mode="math" if numeric else "text")

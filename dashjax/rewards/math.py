@@ -13,23 +13,37 @@
    expressions are compared by value at a fixed point: clearly different -> False, equal constants -> True,
    without simplify.
 
+Size guard, before parsing: `\\gcd`, `\\lcm`, `\\binom`, `\\choose`, `\\Gamma` are evaluated by the parser itself,
+so an answer using them together with `^`, `!` or a 5-digit number is not parsed at all (`\\gcd(10^{10^{10}}, 3)`
+computes the power in C). After parsing, before any numeric evaluation or verify, both sides must pass `_bounded`,
+a cheap log-scale bound on the numbers that evaluating them could build: at most MAX_DIGITS digits (2^65536
+passes; 9^(9^9), 10^(10^10), (10^100)!, binomial(10^9, 10^8), e^(10^10) do not), and sums or products over at most
+10^MAX_TERMS_LOG10 terms. Refused answers are "not shown equal" (step 1 can still match them): sympy would spend
+minutes on them, partly in C where no alarm stops it (`\\boxed{9^{9^{9^{9}}}}` against 1 ran past 60 s).
+
 math_verify guards its own sympy calls with `signal.alarm` (whole seconds, main thread only). We keep that as an
-inner timeout where it is allowed and pass None elsewhere (a non-main thread would make it raise); the outer,
-hard timeout is `RewardPool`'s, which kills a worker stuck inside C code where no signal handler can run.
+inner timeout where it is allowed, and pass None elsewhere: off the main thread it would raise, and under an outer
+timer (RewardPool's in-process `Deadline`) its `alarm(0)` would cancel that timer. The numeric probe gets a
+`Deadline` of the same length. The hard timeout is `RewardPool`'s, which kills a worker stuck inside C code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
+import signal
 import threading
 from fractions import Fraction
 
+from dashjax.rewards.bounds import Deadline, ScoreTimeout
 from dashjax.rewards.extract import extract_answer, last_boxed
 
 MV_TIMEOUT_S = 2  # math_verify's per-call alarm (int seconds); keep it under RewardPool's timeout
 MAX_SYMBOLIC_CHARS = 500  # longer answers are compared as strings only
+MAX_DIGITS = 10**5  # size guard: the largest number (in decimal digits) an answer may make sympy build
+MAX_TERMS_LOG10 = 4  # size guard: finite sums and products over more terms are refused
 
 _TEXT_CMDS = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[!,;: ]|\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])")
@@ -114,8 +128,10 @@ def numbers_close(a: Fraction, b: Fraction, rel: float = 1e-6) -> bool:
 
 
 def _mv_timeout() -> int | None:
-  # signal.alarm only works in the main thread; elsewhere math_verify would raise instead of comparing.
-  return MV_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+  # math_verify's alarm raises off the main thread, and would cancel a pending (outer) timer: see the docstring.
+  if threading.current_thread() is not threading.main_thread() or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+    return None
+  return MV_TIMEOUT_S
 
 
 @functools.lru_cache(maxsize=8192)
@@ -160,14 +176,93 @@ def _compare_at_a_point(gold, pred) -> bool | None:
   return None
 
 
+# Commands the LaTeX parser evaluates while parsing (gcd/lcm through nsimplify, binomial, Gamma): with a power, a
+# factorial or a 5-digit number in the answer, parsing alone can run for minutes (in C for \\gcd(10^{10^{10}}, 3)).
+_EAGER_CMDS = re.compile(r"\\(?:gcd|lcm|[dt]?binom|choose|Gamma)(?![A-Za-z])")
+_EAGER_ARGS = re.compile(r"[\^!]|\d{5}")
+_ATOM_LOG10 = math.log10(40)  # symbols count like the probe point's numerators and denominators
+_LOG10_E = math.log10(math.e)
+
+
+def _pow10(x: float) -> float:
+  return 10.0**x if x < 300 else math.inf
+
+
+def _log_size(e, bound: dict) -> float:
+  """Upper bound on log10 of the largest number (|value|, numerator or denominator) that evaluating `e` exactly or
+  at the probe point could build; cheap, computes nothing big. `bound` maps the variables of enclosing sums,
+  products and integrals to the log-size of their limits."""
+  import sympy
+  from sympy.concrete.expr_with_limits import ExprWithLimits
+
+  if isinstance(e, sympy.MatrixBase):
+    return max((_log_size(x, bound) for x in e), default=0.0) if len(e) <= 10**4 else math.inf
+  if not isinstance(e, sympy.Basic):
+    return 0.0
+  if e.is_Rational:
+    return max(math.log10(abs(e.p) or 1), math.log10(e.q))
+  if e.is_Float:
+    man, exp = e._mpf_[1:3]
+    return abs(math.log10(man) + exp * math.log10(2)) if man else 0.0
+  if e.is_Atom:
+    return bound.get(e, _ATOM_LOG10)
+  if isinstance(e, sympy.Pow):
+    base, ex = e.args
+    sb, sx = _log_size(base, bound), _log_size(ex, bound)
+    if sx == math.inf or (base.is_Integer and abs(base.p) <= 1):
+      return sx
+    return max(sb * _pow10(sx) if sb else 0.0, sx)  # |b^x| <= |b|^|x|, one factor of |b| per unit of |x|
+  args = [_log_size(a, bound) for a in e.args]
+  top = max(args, default=0.0)
+  if isinstance(e, (sympy.exp, sympy.sinh, sympy.cosh)):
+    return max(_LOG10_E * _pow10(top), top)
+  if type(e).__module__.startswith("sympy.functions.combinatorial") or isinstance(e, sympy.gamma):
+    return _pow10(top) * max(1.0, top) if top <= 7 else math.inf  # n! <= n^n, and binomial, fibonacci, ... below
+  if isinstance(e, ExprWithLimits):
+    inner, terms = dict(bound), 0.0
+    for var, *ends in e.limits:
+      inner[var] = max((_log_size(x, bound) for x in ends), default=_ATOM_LOG10)
+      if len(ends) == 2 and all(x.is_Integer for x in ends):
+        terms += math.log10(max(1, ends[1] - ends[0] + 1))
+      else:  # symbolic or infinite ends: sympy sums those in closed form or not at all
+        terms += inner[var] + math.log10(2)
+    body = _log_size(e.function, inner)
+    if isinstance(e, sympy.Product):
+      return _pow10(terms) * body if terms <= MAX_TERMS_LOG10 else math.inf
+    if isinstance(e, sympy.Sum):
+      return body + terms if terms <= MAX_TERMS_LOG10 else math.inf
+    return body
+  if isinstance(e, sympy.Add):
+    return top + math.log10(len(args))
+  if isinstance(e, sympy.Mul):
+    return sum(args)
+  return top  # other functions, relations, sets, tuples: no bigger than their arguments
+
+
+def _bounded(e) -> bool:
+  """False when evaluating `e` could build a number past MAX_DIGITS digits (see the module docstring)."""
+  try:
+    return _log_size(e, {}) <= MAX_DIGITS
+  except (RecursionError, OverflowError, ValueError):
+    return False
+
+
 def _mv_equal(pred: str, gold: str) -> bool:
   from math_verify import verify
 
+  if any(_EAGER_CMDS.search(s) and _EAGER_ARGS.search(s) for s in (pred, gold)):
+    return False
   timeout = _mv_timeout()
   gold_parsed, pred_parsed = _mv_parse(gold, timeout), _mv_parse(pred, timeout)
   if not gold_parsed or not pred_parsed:
     return False
-  quick = _compare_at_a_point(gold_parsed[0], pred_parsed[0])
+  if not all(map(_bounded, gold_parsed + pred_parsed)):
+    return False
+  try:
+    with Deadline(timeout) if timeout else contextlib.nullcontext():  # else unbounded or under an outer timer
+      quick = _compare_at_a_point(gold_parsed[0], pred_parsed[0])
+  except ScoreTimeout:
+    return False
   if quick is not None:
     return quick
   try:

@@ -1,7 +1,7 @@
 """A process pool that scores completions with a hard per-sample timeout.
 
     with RewardPool(num_workers=2, timeout_s=5.0) as pool:
-      batch = pool.score("math", completions, gold_answers)  # RewardBatch(rewards, timed_out, seconds, errors)
+      batch = pool.score("math", completions, gold_answers)  # RewardBatch: rewards, timed_out, errors, first_error
 
 Why processes and why this design:
 - sympy can hang (huge powers, pathological simplify) in C code where no signal handler runs, and math_verify's
@@ -24,8 +24,12 @@ Why processes and why this design:
 - The trainer's script must be import-safe (`if __name__ == "__main__":`), as for any spawn/forkserver pool:
   workers import the main module.
 
-`num_workers=0` scores in the calling process, without timeout (debugging). Calls to `score` are serialized by a
-lock; it may be called from a thread other than the trainer's main thread.
+`num_workers=0` scores in the calling process. In the main thread each sample runs under a SIGALRM deadline of
+`timeout_s` (`bounds.Deadline`: Python code is cut, one long C call only when it returns); off the main thread
+there is no timeout at all. With workers, calls to `score` are serialized by a lock; it may be called from a thread
+other than the trainer's main thread.
+A scorer that raises (or returns NaN/inf) scores 0 and is counted in `errors`; the first such message (by sample
+index) comes back as `first_error`, so a misconfigured scorer is visible instead of silently scoring 0.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from multiprocessing.connection import wait
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from dashjax.rewards.bounds import Deadline, ScoreTimeout, score_one
 
 _REGISTRY: dict[str, str] = {
     "math": "dashjax.rewards.math:math_reward",
@@ -84,25 +90,27 @@ def load_scorer(path: str) -> Callable[[str, Any], float]:
   return obj
 
 
-def _score_one(fn: Callable, completion: str, target: Any) -> tuple[float, bool]:
-  """(reward, raised). A scorer that raises or returns a non-finite value scores 0 for that sample."""
-  try:
-    r = float(fn(completion, target))
-  except Exception:
-    return 0.0, True
-  return (r, False) if math.isfinite(r) else (0.0, True)
-
-
 @dataclasses.dataclass(frozen=True)
 class RewardBatch:
   rewards: np.ndarray  # float32 [N]
   timed_out: np.ndarray  # bool [N]: ran past the timeout or its worker died; scored 0
   seconds: float  # wall time of the score() call
   errors: np.ndarray  # bool [N]: the scoring function raised (or returned NaN/inf); scored 0
+  first_error: str | None = None  # "Type: message" (one line) of the lowest-index error
 
   @property
   def num_timed_out(self) -> int:
     return int(self.timed_out.sum())
+
+  @property
+  def num_errors(self) -> int:
+    return int(self.errors.sum())
+
+
+def _batch(rewards: np.ndarray, timed_out: np.ndarray, t0: float, messages: list[str | None]) -> RewardBatch:
+  errors = np.array([m is not None for m in messages], bool)
+  first = next((m for m in messages if m is not None), None)
+  return RewardBatch(rewards, timed_out, time.perf_counter() - t0, errors, first)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -166,7 +174,7 @@ def _worker_main(conn, preload: Sequence[str]):
       continue
     conn.send(("go", None))  # scorer imported: the parent starts the first sample's clock only now
     for i, completion, target in items:
-      conn.send((i, *_score_one(fn, completion, target)))
+      conn.send((i, *score_one(fn, completion, target)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,7 +266,7 @@ class RewardPool:
     with self._lock:
       deadline = time.monotonic() + (self.startup_timeout_s if timeout_s is None else timeout_s)
       while not all(w.ready for w in self._workers):
-        self._pump(np.zeros(0, np.float32), np.zeros(0, bool), max(0.0, deadline - time.monotonic()))
+        self._pump(np.zeros(0, np.float32), [], max(0.0, deadline - time.monotonic()))
         if any(w.dead and not w.ready for w in self._workers):
           self._reap(collections.deque(), np.zeros(0, bool))  # raises with the exit code
         if time.monotonic() >= deadline:
@@ -273,12 +281,16 @@ class RewardPool:
     t0 = time.perf_counter()
     rewards = np.zeros(n, np.float32)
     timed_out = np.zeros(n, bool)
-    errors = np.zeros(n, bool)
+    messages: list[str | None] = [None] * n
     if self.num_workers == 0:
       fn = load_scorer(path)
       for i in range(n):
-        rewards[i], errors[i] = _score_one(fn, completions[i], targets[i])
-      return RewardBatch(rewards, timed_out, time.perf_counter() - t0, errors)
+        try:
+          with Deadline(self.timeout_s):  # main thread only (see the module docstring)
+            rewards[i], messages[i] = score_one(fn, completions[i], targets[i])
+        except ScoreTimeout:
+          rewards[i], messages[i], timed_out[i] = 0.0, None, True
+      return _batch(rewards, timed_out, t0, messages)
 
     with self._lock:
       if self._closed:
@@ -302,7 +314,7 @@ class RewardPool:
               w.deadline = now + self.startup_timeout_s  # until "go": a first call may import the scorer
           busy = [w.deadline for w in self._workers if w.items]
           wait_s = (min(busy) - now) if busy else self.startup_timeout_s
-          left -= self._pump(rewards, errors, max(0.0, wait_s))
+          left -= self._pump(rewards, messages, max(0.0, wait_s))
           left -= self._reap(pending, timed_out)
       except BaseException:
         # Interrupted mid-batch: workers still chewing on this batch would answer into the next one.
@@ -311,9 +323,9 @@ class RewardPool:
             w.stop()
             self._workers[k] = _Worker(self._ctx, _PRELOAD)
         raise
-    return RewardBatch(rewards, timed_out, time.perf_counter() - t0, errors)
+    return _batch(rewards, timed_out, t0, messages)
 
-  def _pump(self, rewards: np.ndarray, errors: np.ndarray, wait_s: float) -> int:
+  def _pump(self, rewards: np.ndarray, messages: list, wait_s: float) -> int:
     """Waits up to wait_s for any worker message or death, drains every pending message; returns #results."""
     objs = [w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers]
     wait(objs, wait_s)
@@ -331,9 +343,9 @@ class RewardPool:
               raise RuntimeError(f"reward worker cannot load the scoring function: {msg[1]}")
             w.deadline = time.monotonic() + self.timeout_s
             continue
-          i, reward, raised = msg
+          i, reward, error = msg
           w.items.popleft()  # workers score their chunk in order, so this is i
-          rewards[i], errors[i] = reward, raised
+          rewards[i], messages[i] = reward, error
           received += 1
           w.deadline = time.monotonic() + self.timeout_s  # the next sample's clock starts now
       except (EOFError, OSError):

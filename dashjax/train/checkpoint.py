@@ -9,13 +9,18 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  def __init__(self, directory: str, keep: int = 2):
+  def __init__(self, directory: str, keep: int = 2, read_only: bool = False):
     # Remote paths (gs://...) go to Orbax as they are; abspath would turn them into local folders.
     self.directory = directory if "://" in directory else os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep))
+    # read_only (evaluation): never create the folder, save, or delete old steps.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
+    if read_only and not os.path.isdir(self.directory) and "://" not in self.directory:
+      self.manager = None
+      return
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    return None if self.manager is None else self.manager.latest_step()
 
   def save(self, step: int, params, opt_state, meta: dict):
     """Blocks until the checkpoint is on disk: a preempted run must not exit with a half-written one."""
@@ -32,4 +37,5 @@ class Checkpointer:
     return out["state"]["params"], out["state"]["opt_state"], out["meta"]
 
   def close(self):
-    self.manager.close()
+    if self.manager is not None:
+      self.manager.close()

@@ -50,7 +50,8 @@ class Evaluator:
     out = {"accuracy": float(per_prompt.mean()),
            "stderr": float(per_prompt.std(ddof=1) / math.sqrt(len(examples))) if len(examples) > 1 else float("nan"),
            "num_prompts": len(examples), "samples": self.samples,
-           "timed_out": int(scored.timed_out.sum()), "seconds": time.perf_counter() - t0}
+           "timed_out": int(scored.timed_out.sum()), "reward_errors": scored.num_errors,
+           "first_reward_error": scored.first_error, "seconds": time.perf_counter() - t0}
     k = 1
     while k <= self.samples:
       out[f"pass@{k}"] = float(np.mean([pass_at_k(self.samples, int(c), k) for c in correct.sum(axis=1)]))

@@ -23,6 +23,12 @@ class Scored:
   sampler_calls: int
   sample_s: float
   reward_s: float
+  errors: np.ndarray | None = None  # [R] bool: the scorer raised (scored 0)
+  first_error: str | None = None  # the first of those errors' messages
+
+  @property
+  def num_errors(self) -> int:
+    return 0 if self.errors is None else int(self.errors.sum())
 
   @property
   def generated_tokens(self) -> int:
@@ -70,4 +76,5 @@ class RolloutCollector:
     scored = self.pool.score(self.reward_fn, texts, targets)
     rewards = same_on_all_hosts(np.asarray(scored.rewards, np.float32))
     reward_s = time.perf_counter() - t0
-    return Scored(batch, rewards, np.asarray(scored.timed_out), texts, truncated, len(outs), sample_s, reward_s)
+    return Scored(batch, rewards, np.asarray(scored.timed_out), texts, truncated, len(outs), sample_s, reward_s,
+                  np.asarray(scored.errors, bool), getattr(scored, "first_error", None))

@@ -47,8 +47,20 @@ from dashjax.train.update import Updater, UpdateResult
 log = logging.getLogger("dashjax")
 
 
-class NonFiniteError(RuntimeError):
-  """A training step produced a NaN or infinite loss or gradient norm; nothing of that step was saved."""
+class RunStopped(RuntimeError):
+  """The run stopped itself on a problem it can name in one line; nothing of the failing step was saved."""
+
+
+class NonFiniteError(RunStopped):
+  """A training step produced a NaN or infinite loss or gradient norm."""
+
+
+class RewardError(RunStopped):
+  """The first steps (or the evaluation before training) scored nothing because the scorer raised."""
+
+
+# A run whose first few steps score nothing *and* see scorer errors has a scorer that does not fit its data.
+REWARD_ERROR_STEPS = 3
 
 
 def _non_finite(m: dict) -> list[str]:
@@ -58,10 +70,14 @@ def _non_finite(m: dict) -> list[str]:
 
 
 class Trainer:
-  def __init__(self, config, workdir: str, *, resume: bool = False, model_and_tokenizer=None):
-    self.config, self.workdir = config, workdir
-    self.plan = validate(config)
-    os.makedirs(workdir, exist_ok=True)
+  def __init__(self, config, workdir: str, *, resume: bool = False, model_and_tokenizer=None,
+               read_only: bool = False):
+    """`read_only` (evaluation of a run): the latest checkpoint is loaded if there is one, and nothing in `workdir`
+    is created, truncated or appended to (no metrics, no eval.jsonl, no checkpoints)."""
+    self.config, self.workdir, self.read_only = config, workdir, read_only
+    self.plan = validate(config, check_model_source=model_and_tokenizer is None)
+    if not read_only:
+      os.makedirs(workdir, exist_ok=True)
     c, plan = config, self.plan
     self.mesh = make_mesh(plan.mesh_shape)
     model, self.tokenizer = model_and_tokenizer or load_model(c.model.source, dtype=c.model.dtype,
@@ -95,16 +111,17 @@ class Trainer:
     self.ref_params = jax.tree.map(jnp.copy, self.params) if c.rl.kl_beta > 0 else None
     self._evaluator = None
 
-    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints)
+    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints,
+                                     read_only=read_only)
     self.step = 0
     self.resumed = False
-    if resume and self.checkpointer.latest_step() is not None:
+    if (resume or read_only) and self.checkpointer.latest_step() is not None:
       self.params, self.opt_state, meta = self.checkpointer.restore(self.params, self.opt_state)
       self.step = int(meta["step"])
       self.iterator.restore(meta["data"])
       self.resumed = True
       log.info("resumed from step %d (%s)", self.step, self.checkpointer.directory)
-    self.metrics = MetricsWriter(workdir, resume_step=self.step if self.resumed else None)
+    self.metrics = None if read_only else MetricsWriter(workdir, resume_step=self.step if self.resumed else None)
     self._stop_requested = False
 
   def _fitting(self, examples, what):
@@ -135,7 +152,8 @@ class Trainer:
     key = jax.random.fold_in(jax.random.key(c.train.seed), self.step)
     examples = self.iterator.next_batch()
     result = UpdateResult(self.params, self.opt_state)
-    rewards, kept, truncated, lengths, timed_out = [], 0, [], [], 0
+    rewards, kept, truncated, lengths, timed_out, errors = [], 0, [], [], 0, 0
+    self.first_reward_error = None
     sample_s = reward_s = 0.0
     calls = 0
     if c.rl.algo == "grpo":
@@ -156,6 +174,8 @@ class Trainer:
         sample_s, reward_s, calls = sample_s + sc.sample_s, reward_s + sc.reward_s, calls + sc.sampler_calls
         rewards.append(sc.rewards), truncated.append(sc.truncated), lengths.append(sc.batch.completion_mask_RxN.sum(1))
         timed_out += int(sc.timed_out.sum())
+        errors += sc.num_errors
+        self.first_reward_error = self.first_reward_error or sc.first_error
       t0 = time.perf_counter()
       self.params, self.opt_state, norm = self.learner.apply(self.params, self.opt_state, grads)
       result.grad_norm, result.updates = float(norm), 1
@@ -166,7 +186,7 @@ class Trainer:
       sc = self.collector.collect(self.sampler_params(), examples, key)
       sample_s, reward_s, calls = sc.sample_s, sc.reward_s, sc.sampler_calls
       rewards, truncated, lengths = [sc.rewards], [sc.truncated], [sc.batch.completion_mask_RxN.sum(1)]
-      timed_out = int(sc.timed_out.sum())
+      timed_out, errors, self.first_reward_error = int(sc.timed_out.sum()), sc.num_errors, sc.first_error
       adv = group_advantages(sc.rewards, G, c.rl.advantage)
       all_rows = np.arange(R)
       if c.rl.algo in ("dash", "pg"):
@@ -199,7 +219,7 @@ class Trainer:
         "kl": (s["kl"] / s["weight"]) if c.rl.kl_beta > 0 and s["weight"] > 0 else None,
         "pg_loss": s["pg_loss"], "clip_frac": (s["clip_frac"] / s["weight"]) if s["weight"] > 0 else 0.0,
         "grad_norm": result.grad_norm if result.updates else None, "reward_timeouts": timed_out,
-        "epoch": self.iterator.epoch,
+        "reward_errors": errors, "epoch": self.iterator.epoch,
     }
 
   def sft_step(self) -> dict:
@@ -233,7 +253,7 @@ class Trainer:
     out = self._evaluator(self.sampler_params(), self.heldout, seed)
     record = {k: v for k, v in out.items() if k != "texts"}
     record["step"] = self.step
-    if is_main_process():
+    if is_main_process() and not self.read_only:
       with open(os.path.join(self.workdir, "eval.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
     return out
@@ -249,6 +269,8 @@ class Trainer:
     """Trains to train.num_steps (or `stop_at`), evaluating before/after; returns a summary."""
     from tqdm.auto import tqdm
 
+    if self.read_only:
+      raise RuntimeError("a Trainer opened with read_only=True evaluates a run; it does not train")
     c = self.config
     summary = {"workdir": self.workdir}
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
@@ -257,6 +279,7 @@ class Trainer:
       if c.eval.before and not self.resumed:
         summary["before"] = self._eval_and_report("before training")
       end = c.train.num_steps if stop_at is None else min(stop_at, c.train.num_steps)
+      steps_run, self._rewarded, self._warned_errors = 0, False, False
       bar = tqdm(total=c.train.num_steps, initial=self.step, disable=not progress, desc=f"{c.rl.algo}",
                  dynamic_ncols=True)
       while self.step < end:
@@ -269,6 +292,8 @@ class Trainer:
               f"step {m['step']} produced a non-finite {', '.join(bad)}; stopped without saving that step "
               f"(last good checkpoint: {'none' if last is None else f'step {last}'} in {self.checkpointer.directory})")
         self.metrics.write(m)
+        steps_run += 1
+        self._check_rewards(m, steps_run)
         if c.mode == "sft":
           bar.set_postfix(nll=f"{m['nll']:.3f}", s=f"{m['step_s']:.1f}")
         else:
@@ -298,14 +323,36 @@ class Trainer:
       for s, h in previous.items():
         signal.signal(s, h)
 
+  def _check_rewards(self, m: dict, steps_run: int):
+    """Stops a run whose scorer raises and has scored nothing yet; later errors are counted and warned about once."""
+    if m.get("reward_errors") is None:  # sft
+      return
+    self._rewarded = self._rewarded or m["reward_mean"] > 0
+    if not m["reward_errors"]:
+      return
+    fn, first = self.config.reward.fn, self.first_reward_error
+    if not self._rewarded and steps_run <= REWARD_ERROR_STEPS:
+      raise RewardError(f"step {m['step']}: reward.fn={fn!r} raised on {m['reward_errors']} completions and no "
+                        f"completion has scored above 0 yet; first error: {first}. Stopped: check that reward.fn "
+                        f"fits the data (no checkpoint was written for this step)")
+    if not self._warned_errors:
+      self._warned_errors = True
+      log.warning("step %d: reward.fn=%r raised on %d completions (scored 0; counted as reward_errors in "
+                  "metrics.jsonl); first error: %s", m["step"], fn, m["reward_errors"], first)
+
   def _eval_and_report(self, when: str) -> dict:
     out = self.evaluate()
+    if out["reward_errors"] and out["accuracy"] == 0 and when == "before training":
+      raise RewardError(f"evaluation {when}: reward.fn={self.config.reward.fn!r} raised on {out['reward_errors']} "
+                        f"of {len(out['texts'])} completions and none scored above 0; first error: "
+                        f"{out['first_reward_error']}. Stopped: check that reward.fn fits the data")
     if is_main_process():
       print(f"held-out accuracy {when}: {out['accuracy']:.3f} +/- {out['stderr']:.3f} (mean@{out['samples']} over "
             f"{out['num_prompts']} prompts, {out['seconds']:.0f}s)", flush=True)
     return {k: v for k, v in out.items() if k != "texts"}
 
   def close(self):
-    self.metrics.close()
+    if self.metrics is not None:
+      self.metrics.close()
     self.pool.close()
     self.checkpointer.close()
