@@ -72,7 +72,9 @@ def warm_up(trainer) -> float:
 
 def compile_counts(trainer) -> dict:
   learner = trainer.learner
-  return {"sampler": trainer.collector.sampler._fn._cache_size(), "micro_step": learner.micro_step._cache_size(),
+  sampler = trainer.collector.sampler  # continuous batching: one trace per program and bucket size
+  compiled = sum(sampler.traces.values()) if hasattr(sampler, "traces") else sampler._fn._cache_size()
+  return {"sampler": compiled, "micro_step": learner.micro_step._cache_size(),
           "apply": learner._apply._cache_size() if learner._apply is not None else 0}
 
 

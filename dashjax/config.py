@@ -44,7 +44,11 @@ def base_config() -> ml_collections.ConfigDict:
       clip_eps=0.2,
       loss_aggregation="constant_length",  # token_mean, seq_mean, constant_length (the paper's dr_grpo)
   )
-  c.sampling = dict(batch_size=32, max_new_tokens=64, temperature=0.9, top_k=0, top_p=1.0, share_prefix=True)
+  c.sampling = dict(batch_size=32, max_new_tokens=64, temperature=0.9, top_k=0, top_p=1.0, share_prefix=True,
+                    # continuous batching: rows that end stop costing decode compute (their slot takes a queued row,
+                    # or live rows move into a smaller compiled batch); false: the static one-program sampler.
+                    # slots: decode slots per call (0: every row of the call); min_slots: the smallest batch
+                    continuous=True, slots=0, min_slots=4)
   c.train = dict(micro_batch_size=4, num_steps=20, learning_rate=3e-6, lr_schedule="constant", warmup_steps=0,
                  weight_decay=0.0, max_grad_norm=1.0, seed=0, checkpoint_every=10, keep_checkpoints=2,
                  sft_epochs=1,
@@ -140,6 +144,9 @@ def _check_fields_before_load(c, check_model_source: bool):
                       f"eval.samples=1 or eval.temperature > 0 (e.g. 1.0)")
   if int(c.train.checkpoint_every) < 0:
     raise ConfigError(f"train.checkpoint_every={c.train.checkpoint_every} must be >= 0 (0: only at the end)")
+  for name in ("slots", "min_slots"):
+    if int(sp.get(name, 1)) < (0 if name == "slots" else 1):
+      raise ConfigError(f"sampling.{name}={sp[name]} must be >= {0 if name == 'slots' else 1}")
   ev, tr = c.eval, c.train
   for name, value, low, why in (
       ("eval.num_prompts", ev.num_prompts, 1, ""), ("eval.samples", ev.samples, 1, ""),

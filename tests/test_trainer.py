@@ -72,7 +72,26 @@ def test_dash_filters_without_recompiling(tmp_path):
     assert m["update_skipped"] == (rows == 0)
   assert trainer.learner.micro_step._cache_size() == 1
   assert trainer.learner._apply._cache_size() == 1
-  assert trainer.collector.sampler._fn._cache_size() == 1
+  traces = trainer.collector.sampler.traces  # continuous batching: each program/bucket compiled once
+  assert traces and set(traces.values()) == {1}, traces
+
+
+def test_continuous_and_static_samplers_train_identically(tmp_path):
+  """Same rows, rewards, kept rows, losses and gradient norms whether ended rows keep decoding or not."""
+  runs = {}
+  for continuous in (True, False):
+    c = _config(**{"train.num_steps": 3, "sampling.continuous": continuous, "sampling.batch_size": 8,
+                   "sampling.min_slots": 2})
+    trainer = Trainer(c, str(tmp_path / str(continuous)))
+    runs[continuous] = [trainer.train_step() for _ in range(3)]
+    trainer.close()
+  waste = [m["wasted_slot_fraction"] for m in runs[False]]
+  drop = set(TIMING) | {"decode_slot_steps", "wasted_slot_fraction"}
+  assert [{k: v for k, v in m.items() if k not in drop} for m in runs[True]] == \
+      [{k: v for k, v in m.items() if k not in drop} for m in runs[False]]
+  assert all(c <= s for c, s in zip([m["decode_slot_steps"] for m in runs[True]],
+                                    [m["decode_slot_steps"] for m in runs[False]]))
+  print(f"wasted slot-step fraction: static {waste}, continuous {[m['wasted_slot_fraction'] for m in runs[True]]}")
 
 
 def _strip(rows):

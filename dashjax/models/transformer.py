@@ -21,6 +21,7 @@ from flax import nnx
 from dashjax.models.attention import Segment, attend
 from dashjax.models.compute import PLAIN, ComputeOptions, cast_floats, einsum_f32, remat_policy
 from dashjax.models.config import ModelConfig
+from dashjax.models.ragged import ragged_decode_attention
 from dashjax.models.rope import apply_rope, inverse_frequencies
 
 
@@ -125,6 +126,20 @@ class Attention(nnx.Module):
     out = self._attend(q, segments, opts)
     return self._output(out, x_BxTxD.dtype), LayerKV(k_all, v_all)
 
+  def decode_slots(self, x_SxTxD, positions_SxT, prefix: LayerKV, prefix_valid_PxT, prompt_idx_S, cache: LayerKV,
+                   t_S, limit_S, block: int):
+    """One token per row, rows at their own steps: the key is written at slot t_S[s] of row s's cache and the query
+    reads the row's prompt (prompt_idx_S) and its first limit_S generated keys (see `ragged`)."""
+    S = x_SxTxD.shape[0]
+    q, k, v = self._project(x_SxTxD, positions_SxT)
+    rows = jnp.arange(S)
+    k_all = cache.k.at[rows, :, t_S].set(k[:, :, 0].astype(cache.k.dtype))
+    v_all = cache.v.at[rows, :, t_S].set(v[:, :, 0].astype(cache.v.dtype))
+    qr = q[:, :, 0].reshape(S, self.cfg.num_kv_heads, -1, self.cfg.head_dim)
+    out = ragged_decode_attention(qr, prefix.k, prefix.v, prefix_valid_PxT, prompt_idx_S, k_all, v_all, limit_S,
+                                  self.cfg.head_dim ** -0.5, block)
+    return self._output(out[:, :, :, None], x_SxTxD.dtype), LayerKV(k_all, v_all)
+
   def _attend(self, q_BxHxTxD, segments, opts: ComputeOptions):
     B, _, T, D = q_BxHxTxD.shape
     qr = q_BxHxTxD.reshape(B, self.cfg.num_kv_heads, -1, T, D)
@@ -157,6 +172,12 @@ class Block(nnx.Module):
 
   def decode(self, x, positions, *attn_args, group: int, opts: ComputeOptions = PLAIN):
     a, kv = self.attn.decode(self.attn_norm(x), positions, *attn_args, group=group, opts=opts)
+    x = x + a
+    return x + self.mlp(self.mlp_norm(x)), kv
+
+
+  def decode_slots(self, x, positions, *attn_args):
+    a, kv = self.attn.decode_slots(self.attn_norm(x), positions, *attn_args)
     x = x + a
     return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -295,3 +316,20 @@ class Transformer(nnx.Module):
 
     x, kvs = _run_layers(self.layers, call, opts, self.dtype, x, list(zip(prefix.layers, caches)))
     return x, DecodeCache(kvs)
+
+  def decode_slots(self, tokens_S, positions_S, prefix: PromptCache, prompt_idx_S, cache: DecodeCache, t_S, limit_S,
+                   block: int = 128):
+    """One token per decode slot, each slot at its own step (the continuous sampler's decode).
+
+    Slot s feeds tokens_S[s] at position positions_S[s], writes its KV at slot t_S[s] of its cache row, and attends
+    to prompt prompt_idx_S[s] of `prefix` (None: prompt s // (S // P), grouped as in `decode`) plus its generated
+    keys [0, limit_S[s]) (limit 0: an empty slot whose output is ignored). Returns logits [S, V] (float32) and the
+    cache.
+    """
+    x = self.embed_tokens(tokens_S[:, None])
+    positions = positions_S[:, None]
+    kvs = []
+    for layer, pkv, ckv in zip(self.layers, prefix.layers, cache.layers):
+      x, kv = layer.decode_slots(x, positions, pkv, prefix.valid_BpxS, prompt_idx_S, ckv, t_S, limit_S, block)
+      kvs.append(kv)
+    return self.logits(x)[:, 0], DecodeCache(tuple(kvs))

@@ -29,6 +29,7 @@ from dashjax.models.presets import model_config
 from dashjax.models.transformer import Transformer
 from dashjax.parallel.mesh import (LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, opt_state_shardings,
                                    param_shardings)
+from dashjax.sampling import Sampler
 from dashjax.train import programs
 
 GiB = 1024 ** 3
@@ -197,7 +198,11 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   cast_b = per_chip_bytes(sampler_params) if dtype != param_dtype else 0
   jobs = []
   if c.mode == "rl":
+    # The static one-program sampler: the continuous one's largest program (its first chunk, every slot live)
+    # holds the same caches, and its smaller buckets hold less.
     sampler = programs.train_sampler(c, graphdef, (0,), 0)
+    if not hasattr(sampler, "_fn"):
+      sampler = Sampler(graphdef, dataclasses.replace(sampler.cfg, continuous=False))
     P_call = plan.sampler_rows // c.rl.samples_per_prompt
     prompts = (sampler_params, rows((P_call, T), jnp.int32), rows((P_call, T), bool), key)
     # grpo keeps the sampler's copy alive through its micro-steps
@@ -210,8 +215,6 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
                                                                            None))
   jobs.append(("apply", apply, (params, opt_state, params), ref_b))
   if c.eval.before or c.eval.after or c.eval.every:
-    from dashjax.sampling import Sampler
-
     ev = Sampler(graphdef, programs.eval_sampling_config(c, (0,), 0))
     P_eval = programs.eval_rows(c) // max(int(c.eval.samples), 1)
     jobs.append(("eval_sampler", ev._fn, (sampler_params, rows((P_eval, T), jnp.int32), rows((P_eval, T), bool), key),

@@ -1,6 +1,8 @@
 """Jitted KV-cache sampling and exact token drawing."""
 
+from dashjax.sampling.continuous import ContinuousSampler, make_sampler
 from dashjax.sampling.draw import draw_tokens
-from dashjax.sampling.sampler import Rollouts, Sampler, SamplingConfig, sample
+from dashjax.sampling.sampler import Rollouts, Sampler, SamplerStats, SamplingConfig, sample
 
-__all__ = ["draw_tokens", "Rollouts", "Sampler", "SamplingConfig", "sample"]
+__all__ = ["ContinuousSampler", "draw_tokens", "make_sampler", "Rollouts", "Sampler", "SamplerStats", "SamplingConfig",
+           "sample"]

@@ -125,6 +125,15 @@ def draw_tokens(logits_BxV, u_Bx2, *, temperature: float, top_k: int = 0, top_p:
   return token.astype(jnp.int32), lp
 
 
+def row_uniforms(rng, rows_B, t_B):
+  """Two uniforms per row that depend only on (rng, row, token index t): a row's draws are the same whatever batch,
+  loop step or decode slot it is sampled in, which makes the static and continuous samplers agree token for token."""
+  def one(r, t):
+    return jax.random.uniform(jax.random.fold_in(jax.random.fold_in(rng, r), t), (2,))
+
+  return jax.vmap(one)(rows_B, t_B)
+
+
 def target_probs(logits_V, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
   """The distribution `draw_tokens` samples from, written the slow obvious way (a reference for tests)."""
   import numpy as np

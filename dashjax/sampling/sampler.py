@@ -7,6 +7,10 @@ The whole generation is one XLA program, so the KV caches never leave it: XLA up
 loop (no per-step copies, nothing to donate across calls). With `share_prefix` the P prompts are prefilled once
 and their caches are read by all G rows of the group; otherwise each prompt is repeated G times and prefilled
 G times, which is the baseline the benchmark compares against.
+
+Row r's t-th token is drawn from uniforms that depend only on (rng, r, t) (`draw.row_uniforms`), so the
+continuous-batching sampler (continuous.py), which decodes rows in other batches and at other loop steps, returns the
+same rows for the same key. `make_sampler` (continuous.py) picks one of the two from `SamplingConfig.continuous`.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from dashjax.sampling.draw import draw_tokens
+from dashjax.sampling.draw import draw_tokens, row_uniforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +37,13 @@ class SamplingConfig:
   share_prefix: bool = True
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
+  # `make_sampler` picks the continuous-batching sampler (see continuous.py) unless this is False.
+  continuous: bool = True
+  slots: int = 0  # continuous: decode slots, 0 = every row of the call
+  chunk_steps: int = 0  # continuous: most decode steps per compiled chunk, 0 = until a compaction is possible
+  min_slots: int = 1  # continuous: the smallest compiled batch that live rows are compacted into
+  bucket_step: int = 0  # continuous: compiled batches every `bucket_step` rows (then powers of two); 0: powers of two
+  attention_block: int = 128  # continuous: generated keys read per block (only blocks up to the longest row)
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -44,6 +56,31 @@ class SamplingConfig:
       raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables top-k)")
     if self.samples_per_prompt < 1:
       raise ValueError(f"samples_per_prompt={self.samples_per_prompt} must be >= 1")
+    for name, low in (("slots", 0), ("chunk_steps", 0), ("min_slots", 1), ("bucket_step", 0),
+                      ("attention_block", 1)):
+      if getattr(self, name) < low:
+        raise ValueError(f"{name}={getattr(self, name)} must be >= {low}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerStats:
+  """Where one sampler call's decode compute went. A slot-step is one row of one decode step; a row of length n
+  needs n - 1 of them (its first token comes from the prefill), the rest were spent on rows already ended."""
+
+  decode_steps: int  # decode iterations run
+  slot_steps: int  # rows decoded summed over iterations (static: B * decode_steps)
+  wasted_slot_steps: int  # slot_steps - sum(lengths - 1)
+  chunks: int = 1  # compiled decode programs run (continuous: one per chunk)
+  compactions: int = 0  # moves of the live rows into a smaller compiled batch
+
+  @property
+  def wasted_fraction(self) -> float:
+    return self.wasted_slot_steps / max(self.slot_steps, 1)
+
+
+def stats_from(lengths_B, decode_steps, slot_steps, **kw) -> SamplerStats:
+  useful = int(np.sum(np.asarray(lengths_B, np.int64) - 1))
+  return SamplerStats(int(decode_steps), int(slot_steps), int(slot_steps) - useful, **kw)
 
 
 class Rollouts(NamedTuple):
@@ -68,8 +105,10 @@ def sample(graphdef, cfg: SamplingConfig, params, prompt_tokens_PxT, prompt_vali
   prompt_len_B = jnp.repeat(jnp.sum(prompt_valid_PxT, axis=-1, dtype=jnp.int32), G)
   eos = jnp.asarray(cfg.eos_ids if cfg.eos_ids else (-1,), jnp.int32)
 
+  rows_B = jnp.arange(B, dtype=jnp.int32)
+
   def draw(step, logits):
-    u = jax.random.uniform(jax.random.fold_in(rng, step), (B, 2))
+    u = row_uniforms(rng, rows_B, jnp.full((B,), step, jnp.int32))
     return draw_tokens(logits, u, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
 
   tok, lp = draw(0, logits_BxV)
@@ -110,6 +149,17 @@ class Sampler:
   def __init__(self, graphdef, cfg: SamplingConfig):
     self.graphdef, self.cfg = graphdef, cfg
     self._fn = jax.jit(functools.partial(sample, graphdef, cfg))
+    self._last = None
 
   def __call__(self, params, prompt_tokens_PxT, prompt_valid_PxT, rng) -> Rollouts:
-    return self._fn(params, prompt_tokens_PxT, prompt_valid_PxT, rng)
+    out = self._fn(params, prompt_tokens_PxT, prompt_valid_PxT, rng)
+    self._last = (out.lengths_B, out.decode_steps)  # stats are read from these only when asked for (no sync here)
+    return out
+
+  @property
+  def last_stats(self) -> SamplerStats | None:
+    """Decode compute of the last call: every row is decoded at every step until the last row ends."""
+    if self._last is None:
+      return None
+    lengths, steps = jax.device_get(self._last)
+    return stats_from(lengths, steps, len(lengths) * int(steps))

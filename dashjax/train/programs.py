@@ -15,7 +15,7 @@ import jax
 from dashjax.models.compute import ComputeOptions, cast_floats
 from dashjax.models.config import resolve_dtype
 from dashjax.parallel.mesh import LEARNER_RULES, fsdp_gather, row_constraint
-from dashjax.sampling import Sampler, SamplingConfig
+from dashjax.sampling import Sampler, SamplingConfig, make_sampler
 from dashjax.train.learner import Learner, LossConfig, make_optimizer
 
 
@@ -49,12 +49,22 @@ def learner(config, plan, graphdef, opt, mesh, learner_shardings) -> Learner:
                  logprob_chunk=int(config.train.get("logprob_chunk", 0)))
 
 
-def train_sampler(config, graphdef, eos_ids, pad_id: int) -> Sampler:
+def batching_options(config) -> dict:
+  """The sampler's batching fields (SamplingConfig keywords): continuous batching unless sampling.continuous=false.
+
+  Multi-process runs use the static sampler: the continuous one reads its live-row counts on the host between
+  compiled chunks, which would need a cross-host gather per chunk."""
+  sp = config.sampling
+  continuous = bool(sp.get("continuous", True)) and jax.process_count() == 1
+  return dict(continuous=continuous, slots=int(sp.get("slots", 0)), min_slots=int(sp.get("min_slots", 4)))
+
+
+def train_sampler(config, graphdef, eos_ids, pad_id: int):
   c = config
-  return Sampler(graphdef, SamplingConfig(
+  return make_sampler(graphdef, SamplingConfig(
       max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature, top_k=c.sampling.top_k,
       top_p=c.sampling.top_p, samples_per_prompt=c.rl.samples_per_prompt, share_prefix=c.sampling.share_prefix,
-      eos_ids=tuple(eos_ids), pad_id=pad_id))
+      eos_ids=tuple(eos_ids), pad_id=pad_id, **batching_options(c)))
 
 
 def eval_rows(config) -> int:
@@ -68,7 +78,7 @@ def eval_sampling_config(config, eos_ids, pad_id: int) -> SamplingConfig:
   c = config
   return SamplingConfig(max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
                         temperature=c.eval.temperature, samples_per_prompt=max(int(c.eval.samples), 1),
-                        eos_ids=tuple(eos_ids), pad_id=pad_id)
+                        eos_ids=tuple(eos_ids), pad_id=pad_id, **batching_options(c))
 
 
 class SamplerCast:

@@ -46,6 +46,7 @@ class RolloutCollector:
     self.sampler, self.formatter, self.tokenizer, self.pool = sampler, formatter, tokenizer, pool
     self.reward_fn, self.G, self.mesh = reward_fn, group_size, mesh
     self.prompts_per_call = rows_per_call // group_size
+    self.slot_steps = self.wasted_slot_steps = 0  # running totals over the collector's life
 
   def sample(self, params, examples, key):
     tokens, valid = self.formatter.encode(examples)
@@ -57,6 +58,10 @@ class RolloutCollector:
       r = self.sampler(params, put(t, batch_sharding(self.mesh, 2)), put(v, batch_sharding(self.mesh, 2)),
                        jax.random.fold_in(key, c))
       outs.append(jax.tree.map(to_host, r))
+      stats = getattr(self.sampler, "last_stats", None)
+      if stats is not None:  # decode compute: slot-steps run, and those spent on rows that had ended
+        self.slot_steps += stats.slot_steps
+        self.wasted_slot_steps += stats.wasted_slot_steps
     return tokens, valid, outs
 
   def collect(self, params, examples, key) -> Scored:

@@ -156,6 +156,7 @@ class Trainer:
     self.first_reward_error = None
     sample_s = reward_s = 0.0
     calls = 0
+    slots0, wasted0 = self.collector.slot_steps, self.collector.wasted_slot_steps
     if c.rl.algo == "grpo":
       # Standard GRPO: sample a micro-batch, score it, backprop it; repeat; one update at the end.
       grads = self.learner.zero_grads(self.params)
@@ -219,7 +220,10 @@ class Trainer:
         "kl": (s["kl"] / s["weight"]) if c.rl.kl_beta > 0 and s["weight"] > 0 else None,
         "pg_loss": s["pg_loss"], "clip_frac": (s["clip_frac"] / s["weight"]) if s["weight"] > 0 else 0.0,
         "grad_norm": result.grad_norm if result.updates else None, "reward_timeouts": timed_out,
-        "reward_errors": errors, "epoch": self.iterator.epoch,
+        "reward_errors": errors, "decode_slot_steps": self.collector.slot_steps - slots0,
+        "wasted_slot_fraction": (self.collector.wasted_slot_steps - wasted0) / max(
+            self.collector.slot_steps - slots0, 1),
+        "epoch": self.iterator.epoch,
     }
 
   def sft_step(self) -> dict:
@@ -249,7 +253,8 @@ class Trainer:
       self._evaluator = Evaluator(
           self.graphdef, self.formatter, self.tokenizer, self.pool, c.reward.fn, samples=c.eval.samples,
           temperature=c.eval.temperature, max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
-          batch_size=c.eval.batch_size, eos_ids=self.eos_ids, pad_id=self.formatter.pad_id, mesh=self.mesh)
+          batch_size=c.eval.batch_size, eos_ids=self.eos_ids, pad_id=self.formatter.pad_id, mesh=self.mesh,
+          batching=programs.batching_options(c))
     out = self._evaluator(self.sampler_params(), self.heldout, seed)
     record = {k: v for k, v in out.items() if k != "texts"}
     record["step"] = self.step

@@ -1,0 +1,158 @@
+"""Continuous-batching sampler: rows that have ended stop costing decode compute.
+
+`ContinuousSampler(graphdef, cfg)(params, prompt_tokens_PxT, prompt_valid_PxT, rng) -> Rollouts`, the same call and
+result as the static `Sampler` and, for the same key, the same tokens: row r's t-th token is drawn from uniforms that
+depend only on (rng, r, t) (`draw.row_uniforms`), whichever slot or step decodes it.
+
+A call runs as a few compiled programs driven from the host:
+  start     prefill the P prompts once; draw every row's first token from its prompt's last logits; give the first
+            S rows a decode slot (S = cfg.slots, or all B = P * G rows).
+  chunk[S]  a `lax.while_loop` over decode steps of S slots, each at its own step (`Transformer.decode_slots`). A
+            row that ends frees its slot, which takes the next queued row within the same step. The loop exits
+            once nothing is queued and the live rows fit the next smaller bucket (or after cfg.chunk_steps steps).
+  compact   gathers the live slots into the next smaller bucket (powers of two down to cfg.min_slots, or multiples
+            of cfg.bucket_step first).
+The host reads three scalars per chunk. Programs are compiled once per bucket size (and prompt shape), then reused
+across calls whatever the mix of lengths. The G samples of a prompt read its single prefilled KV.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dashjax.sampling import slots as sl
+from dashjax.sampling.draw import draw_tokens, row_uniforms
+from dashjax.sampling.sampler import Rollouts, Sampler, SamplerStats, SamplingConfig, stats_from
+
+
+class ContinuousSampler:
+  """A continuous-batching sampler bound to a model structure and sampling settings (see the module doc).
+
+  `traces` counts how often each program was traced (each trace is a compilation); `last_stats` describes the last
+  call's decode compute.
+  """
+
+  def __init__(self, graphdef, cfg: SamplingConfig):
+    self.graphdef, self.cfg = graphdef, cfg
+    self.traces: collections.Counter = collections.Counter()
+    self.last_stats: SamplerStats | None = None
+    self._eos = tuple(cfg.eos_ids) if cfg.eos_ids else (-1,)
+    self._start = jax.jit(self._start_fn, static_argnums=(4,))
+    self._chunks: dict[tuple[int, int], object] = {}
+    self._compacts: dict[int, object] = {}
+
+  def _draw(self, logits, rng, rows, t):
+    c = self.cfg
+    return draw_tokens(logits, row_uniforms(rng, rows, t), temperature=c.temperature, top_k=c.top_k, top_p=c.top_p)
+
+  def _start_fn(self, params, tokens_PxT, valid_PxT, rng, S: int):
+    self.traces[f"start[{S}]"] += 1
+    c = self.cfg
+    model = nnx.merge(self.graphdef, params)
+    G, N = c.samples_per_prompt, c.max_new_tokens
+    B = tokens_PxT.shape[0] * G
+    last_logits_PxV, prefix = model.prefill(tokens_PxT, valid_PxT)
+    rows = jnp.arange(B, dtype=jnp.int32)
+    first, lp = self._draw(jnp.repeat(last_logits_PxV, G, axis=0), rng, rows, jnp.zeros_like(rows))
+    prompts = sl.Prompts(prefix, jnp.sum(valid_PxT, axis=-1, dtype=jnp.int32), first)
+    call = sl.start_call(first, lp, jnp.asarray(self._eos, jnp.int32), N, c.pad_id)
+    if S == B:  # slot s holds row s for the whole call: its prompt is s // G, read without a gather
+      slots = sl.Slots(model.init_decode_cache(S, N), rows, jnp.zeros_like(rows), first, ~call.eos_B & (N > 1))
+      return prompts, call._replace(next=call.num_queued), slots
+    call, slots = sl.refill(call, sl.empty_slots(model, S, N, B), first)
+    return prompts, call, slots
+
+  def _chunk_fn(self, next_size: int, params, prompts: sl.Prompts, call: sl.CallState, slots: sl.Slots, rng,
+                max_steps):
+    S = slots.live_S.shape[0]
+    self.traces[f"chunk[{S}]"] += 1
+    c = self.cfg
+    model = nnx.merge(self.graphdef, params)
+    G = c.samples_per_prompt
+    B = call.lengths_B.shape[0]
+    eos = jnp.asarray(self._eos, jnp.int32)
+
+    def cond(carry):
+      i, call, slots = carry
+      live = jnp.sum(slots.live_S)
+      can_compact = (call.next >= call.num_queued) & (live <= next_size)
+      return (live > 0) & (i < max_steps) & ~can_compact
+
+    def body(carry):
+      i, call, slots = carry
+      prompt_S = jnp.minimum(slots.row_S, B - 1) // G
+      positions = prompts.prompt_len_P[prompt_S] + slots.t_S
+      limit = jnp.where(slots.live_S, slots.t_S + 1, 0)
+      grouped = None if S == B else prompt_S  # all rows in their own slots: grouped prompt reads (see _start_fn)
+      logits, cache = model.decode_slots(slots.tok_S, positions, prompts.prefix, grouped, slots.cache, slots.t_S,
+                                         limit, c.attention_block)
+      new, lp = self._draw(logits, rng, slots.row_S, slots.t_S + 1)
+      call, slots = sl.record(call, slots._replace(cache=cache), new, lp, eos)
+      call, slots = sl.refill(call, slots, prompts.first_B)
+      return i + 1, call, slots
+
+    steps, call, slots = jax.lax.while_loop(cond, body, (jnp.int32(0), call, slots))
+    info = jnp.stack([steps, jnp.sum(slots.live_S, dtype=jnp.int32), call.num_queued - call.next])
+    return call, slots, info
+
+  def _compact_fn(self, size: int, slots: sl.Slots):
+    self.traces[f"compact[{slots.live_S.shape[0]}->{size}]"] += 1
+    return sl.compact(slots, size)
+
+  def _chunk(self, size: int, next_size: int):
+    key = (size, next_size)
+    if key not in self._chunks:
+      self._chunks[key] = jax.jit(functools.partial(self._chunk_fn, next_size), donate_argnums=(2, 3))
+    return self._chunks[key]
+
+  def _compact(self, size: int):
+    if size not in self._compacts:
+      self._compacts[size] = jax.jit(functools.partial(self._compact_fn, size))  # smaller outputs: nothing to donate
+    return self._compacts[size]
+
+  def buckets(self, rows: int) -> tuple[int, ...]:
+    slots = min(rows, self.cfg.slots) if self.cfg.slots else rows
+    return sl.bucket_sizes(slots, self.cfg.min_slots, self.cfg.bucket_step)
+
+  def __call__(self, params, prompt_tokens_PxT, prompt_valid_PxT, rng) -> Rollouts:
+    c = self.cfg
+    sizes = self.buckets(prompt_tokens_PxT.shape[0] * c.samples_per_prompt)
+    prompts, call, slots = self._start(params, prompt_tokens_PxT, prompt_valid_PxT, rng, sizes[0])
+    max_steps = jnp.int32(c.chunk_steps or c.max_new_tokens)
+    b, steps, slot_steps, chunks, compactions = 0, 0, 0, 0, 0
+    while True:
+      nxt = sizes[b + 1] if b + 1 < len(sizes) else 0
+      call, slots, info = self._chunk(sizes[b], nxt)(params, prompts, call, slots, rng, max_steps)
+      ran, live, queued = (int(x) for x in jax.device_get(info))
+      chunks, steps, slot_steps = chunks + 1, steps + ran, slot_steps + sizes[b] * ran
+      if live == 0 and queued == 0:
+        break
+      while queued == 0 and b + 1 < len(sizes) and live <= sizes[b + 1]:
+        b, compactions = b + 1, compactions + 1
+        slots = self._compact(sizes[b])(slots)
+    self.last_stats = stats_from(jax.device_get(call.lengths_B), steps, slot_steps, chunks=chunks,
+                                 compactions=compactions)
+    return Rollouts(call.tokens_BxN, call.logprobs_BxN, call.lengths_B, ~call.eos_B, jnp.int32(steps))
+
+  def warmup(self, params, prompt_tokens_PxT, prompt_valid_PxT, rng):
+    """Compiles every program a call of this prompt shape can need (each bucket's chunk and compaction) without
+    decoding: later calls of that shape compile nothing."""
+    c = self.cfg
+    sizes = self.buckets(prompt_tokens_PxT.shape[0] * c.samples_per_prompt)
+    prompts, call, slots = self._start(params, prompt_tokens_PxT, prompt_valid_PxT, rng, sizes[0])
+    for b, size in enumerate(sizes):
+      nxt = sizes[b + 1] if b + 1 < len(sizes) else 0
+      call, slots, _ = self._chunk(size, nxt)(params, prompts, call, slots, rng, jnp.int32(0))
+      if nxt:
+        slots = self._compact(nxt)(slots)
+    jax.block_until_ready(slots)
+
+
+def make_sampler(graphdef, cfg: SamplingConfig):
+  """The sampler `cfg` asks for: continuous batching (`cfg.continuous`) or the static one-program sampler."""
+  return ContinuousSampler(graphdef, cfg) if cfg.continuous else Sampler(graphdef, cfg)
