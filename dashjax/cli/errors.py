@@ -146,3 +146,21 @@ def parse_flags(prog: str):
     sys.exit(2)
 
   return parser
+
+
+def run_absl(prog: str, body) -> None:
+  """Runs `body()` as an absl program whose every failure (flags included) is one line (see `report`)."""
+  import logging
+
+  from absl import app, flags
+
+  logging.getLogger("absl").setLevel(logging.WARNING)
+
+  def _main(argv):
+    del argv
+    try:
+      return body()
+    except Exception as e:  # the traceback goes to a log file (and to stderr with --verbose)
+      return report(prog, e, flags.FLAGS.verbose)
+
+  app.run(_main, flags_parser=parse_flags(prog))

@@ -8,14 +8,13 @@ DIR/eval-stepN.json (DIR/eval-initial.json for a run with no checkpoint yet, whi
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from dashjax.cli.errors import CliError, config_value, parse_flags, report
+from dashjax.cli.errors import CliError, config_value, run_absl
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "A training workdir (its latest checkpoint is evaluated).")
@@ -63,17 +62,8 @@ def _evaluate() -> int:
   return 0
 
 
-def _main(argv):
-  del argv
-  try:
-    return _evaluate()
-  except Exception as e:  # one line; the traceback goes to a log file (and to stderr with --verbose)
-    return report(PROG, e, FLAGS.verbose)
-
-
 def main():
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  app.run(_main, flags_parser=parse_flags(PROG))
+  run_absl(PROG, _evaluate)
 
 
 if __name__ == "__main__":

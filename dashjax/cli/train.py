@@ -6,15 +6,14 @@ A workdir that already holds a run (metrics.jsonl or checkpoints) is continued w
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from dashjax.cli.errors import CliError, config_value, parse_flags, report
+from dashjax.cli.errors import CliError, config_value, run_absl
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (optionally FILE:ARG).",
                                           lock_config=True)
@@ -96,14 +95,6 @@ def _writable(workdir: str):
     raise CliError(f"--workdir {workdir} is not writable: {e.strerror} ({e.filename or workdir})") from None
 
 
-def _main(argv):
-  del argv
-  try:
-    return _train()
-  except Exception as e:  # one line; the traceback goes to a log file (and to stderr with --verbose)
-    return report(PROG, e, FLAGS.verbose)
-
-
 def _train() -> int:
   from absl import logging as absl_logging
 
@@ -164,8 +155,7 @@ def _print_summary(summary: dict):
 
 
 def main():
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  app.run(_main, flags_parser=parse_flags(PROG))
+  run_absl(PROG, _train)
 
 
 if __name__ == "__main__":
