@@ -2,10 +2,11 @@
 
   python benchmarks/dash_vs_grpo.py --quick     # SmolLM2, 4 steps, 64 held-out prompts (~7 min on 2 CPU cores)
   python benchmarks/dash_vs_grpo.py             # the main job's settings: 24 steps, 200 held-out prompts (~35 min)
+  python benchmarks/dash_vs_grpo.py --algos grpo,dash,dash@continuous   # dash with both samplers side by side
 
 One Trainer per algorithm from the same config (configs/smollm2_arith.py by default), differing only in `rl.algo`:
 same initial weights, prompts (same data seed and order), P, G, max new tokens, micro-batch, learning rate and number
-of optimizer updates. Their `train_step()` calls alternate round-robin, the order rotating every step, so drift in
+of optimizer updates. A label `ALGO@static` or `ALGO@continuous` also sets `sampling.continuous` for that trainer. Their `train_step()` calls alternate round-robin, the order rotating every step, so drift in
 machine load hits all three alike. Compilation is excluded: before step 1 each Trainer's sampler, micro-step and
 optimizer step are compiled and run once on throwaway inputs (its model copy is untouched), and the jit caches are
 checked afterwards to show that training compiled nothing more. Held-out accuracy is measured once before training
@@ -46,7 +47,9 @@ def build_trainers(config, algos, out_dir):
   trainers = {}
   for algo in algos:
     c = copy.deepcopy(config)
-    c.rl.algo = algo
+    c.rl.algo, _, sampler = algo.partition("@")
+    if sampler:
+      c.sampling.continuous = sampler == "continuous"
     # Each Trainer owns its buffers: the learner donates parameters, so they must not be shared.
     trainers[algo] = Trainer(c, os.path.join(out_dir, algo), model_and_tokenizer=(nnx.merge(graphdef, fresh_copy(state)),
                                                                                  tokenizer))
@@ -87,6 +90,9 @@ def summarize(algo, steps, evaluation) -> dict:
   s["total_s"] = sum(s[f"{k}_total"] for k in PHASES)
   s["sampler_calls"] = sum(m["sampler_calls"] for m in steps)
   s["micro_steps"] = sum(m["micro_steps"] for m in steps)
+  if "wasted_slot_fraction" in steps[0]:  # decode slot-steps spent on rows that had ended
+    s["decode_slot_steps"] = int(sum(m["decode_slot_steps"] for m in steps))
+    s["wasted_slot_fraction_mean"] = float(np.mean([m["wasted_slot_fraction"] for m in steps]))
   s["kept_fraction_mean"] = float(np.mean([m["kept_fraction"] for m in steps]))
   s["reward_mean"] = float(np.mean([m["reward_mean"] for m in steps]))
   tail = steps[-max(1, len(steps) // 4):]
@@ -125,7 +131,7 @@ def plot(path, per_algo, summaries, before, title):
     a, steps = s["algo"], per_algo[s["algo"]]
     x = np.cumsum([m["step_s"] for m in steps])
     r = np.array([m["reward_mean"] for m in steps])
-    c = colors.get(a)
+    c = colors.get(a) if "@" not in a else None
     ax.plot(x, r, "-", color=c, alpha=0.3, lw=1)
     k = min(4, len(r))
     smooth = np.convolve(r, np.ones(k) / k, mode="valid")
@@ -169,6 +175,9 @@ def main(argv=None):
   if args.quick:
     args.steps, args.eval_prompts = args.steps or 4, args.eval_prompts or 64
   algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+  bad = [a for a in algos if a.partition("@")[2] not in ("", "static", "continuous")]
+  if bad:
+    ap.error(f"--algos: {bad[0]!r}: the sampler after '@' must be static or continuous")
 
   config = load_config(args.config)
   config.train.num_steps = args.steps or config.train.num_steps
@@ -184,7 +193,8 @@ def main(argv=None):
   settings = {"config": os.path.relpath(args.config, ROOT), "algos": algos, "steps": c.train.num_steps,
               "model": c.model.source, "prompts_per_step": c.rl.prompts_per_step, "samples_per_prompt":
               c.rl.samples_per_prompt, "max_new_tokens": c.sampling.max_new_tokens, "micro_batch_size":
-              c.train.micro_batch_size, "sampling_batch_size": c.sampling.batch_size, "learning_rate":
+              c.train.micro_batch_size, "sampling_batch_size": c.sampling.batch_size,
+              "sampling_continuous": c.sampling.continuous, "learning_rate":
               c.train.learning_rate, "filter_threshold": c.rl.filter_threshold, "eval_prompts": c.eval.num_prompts,
               "eval_temperature": c.eval.temperature, "eval_samples": c.eval.samples, "quick": args.quick,
               "out": out_dir, "command": " ".join(["python"] + sys.argv)}

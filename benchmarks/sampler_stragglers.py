@@ -1,7 +1,7 @@
 """Static vs continuous-batching sampler on a long-tailed length distribution (rows that end early).
 
   python benchmarks/sampler_stragglers.py --quick               # 8 prompts x 4 samples, 256 new tokens, one repeat
-  python benchmarks/sampler_stragglers.py --json results.json   # 16 prompts x 4 samples, 256 new tokens, 2 repeats
+  python benchmarks/sampler_stragglers.py --json results.json   # 16 prompts x 4 samples, 512 new tokens, 2 repeats
 
 SmolLM2-135M-Instruct samples reasoning-gym `gsm_symbolic` prompts (chat template) at temperature 0.9 with its EOS:
 some rows answer in a few dozen tokens, others run to the limit. The static sampler decodes every row until the last
@@ -73,7 +73,7 @@ def main(argv=None):
   ap.add_argument("--json", default=None)
   args = ap.parse_args(argv)
   P = args.prompts or (8 if args.quick else 16)
-  N = args.new_tokens or 256
+  N = args.new_tokens or (256 if args.quick else 512)  # 512: a tail of long rows beside typical ones, as at 2048
   repeats = args.repeats or (1 if args.quick else 2)
   out_path = args.json or os.path.join(RESULTS, f"sampler_stragglers{'_quick' if args.quick else ''}.json")
 

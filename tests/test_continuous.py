@@ -122,6 +122,35 @@ def test_all_rows_truncated():
   assert st.wasted_slot_steps == 0 and st.slot_steps == 12 * (N_NEW - 1) and st.chunks >= 2 * (N_NEW - 1) // 5
 
 
+def test_every_row_ends_at_its_first_token():
+  """EOS ids = every row's first token: nothing is queued, no decode step runs, rows are [first, pad, ...]."""
+  graphdef, state = _tiny()
+  tokens, valid = _prompts()
+  free = _static_free_run(1.0)
+  eos = tuple(sorted(set(free.tokens_BxN[:, 0].tolist())))
+  sampler = ContinuousSampler(graphdef, _cfg(1.0, eos_ids=eos))
+  out = sampler(state, tokens, valid, jax.random.key(1))
+  _assert_same(_static_with_eos(free, eos), out)
+  assert (np.asarray(out.lengths_B) == 1).all() and not np.asarray(out.truncated_B).any()
+  st = sampler.last_stats
+  assert st.decode_steps == 0 and st.slot_steps == 0 and st.chunks == 1
+
+
+def test_samples_of_one_prompt_end_far_apart():
+  """Prompt 1's three samples end at their 2nd token, mid-way and never (truncated), while they share one prefilled
+  prompt KV from different slots (6 slots for 12 rows: refills, then compaction)."""
+  graphdef, state = _tiny()
+  tokens, valid = _prompts()
+  free = _static_free_run(1.0)
+  eos = (int(free.tokens_BxN[3, 1]), int(free.tokens_BxN[4, 12]))
+  expected = _static_with_eos(free, eos)
+  lengths = expected[2]
+  assert lengths[3] == 2 and lengths[4] <= 13 and lengths[5] == N_NEW, lengths[3:6]
+  sampler = ContinuousSampler(graphdef, _cfg(1.0, eos_ids=eos))
+  _assert_same(expected, sampler(state, tokens, valid, jax.random.key(1)))
+  assert sampler.last_stats.compactions >= 1
+
+
 def test_ragged_attention_matches_plain():
   rng = np.random.RandomState(0)
   S, P, K, R, T, N, D = 5, 2, 2, 3, 7, 10, 8

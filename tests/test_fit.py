@@ -39,7 +39,7 @@ def test_reduced_qwen_fits_a_v5e_slice_and_fsdp_lowers_per_chip_memory():
 
   arch = dataclasses.replace(PRESETS["Qwen/Qwen2.5-0.5B"], num_layers=2)
   reports = {}
-  for fsdp in (1, 2, 4):
+  for fsdp in (1, 4):  # each is a TPU compilation of about a minute here
     c = _qwen_config(**{"sampling.max_new_tokens": 512, "mesh.fsdp": fsdp, "mesh.data": -1})
     reports[fsdp] = check(c, topology="v5e:2x4", programs_wanted=("micro_step",), model_cfg=arch)
   for fsdp, r in reports.items():
@@ -48,12 +48,11 @@ def test_reduced_qwen_fits_a_v5e_slice_and_fsdp_lowers_per_chip_memory():
     assert r["fits"], r["programs"]
   totals = {f: r["programs"]["micro_step"]["total_bytes"] for f, r in reports.items()}
   print({f: f"{t / GiB:.3f} GiB" for f, t in totals.items()})
-  assert totals[1] > totals[2] > totals[4]
+  assert totals[1] > totals[4]
   # Stored parameters and Adam moments shard over fsdp (norms and biases stay whole: under 1% of the bytes).
   state = {f: r["state_per_chip_bytes"] for f, r in reports.items()}
-  for f in (2, 4):
-    assert state[f]["params"] == pytest.approx(state[1]["params"] / f, rel=0.01)
-    assert state[f]["opt_state"] == pytest.approx(state[1]["opt_state"] / f, rel=0.01)
+  assert state[4]["params"] == pytest.approx(state[1]["params"] / 4, rel=0.01)
+  assert state[4]["opt_state"] == pytest.approx(state[1]["opt_state"] / 4, rel=0.01)
   # The micro-step's temporaries hold activations of this chip's rows only: no growth with fsdp.
   temps = {f: r["programs"]["micro_step"]["temp_bytes"] for f, r in reports.items()}
   assert temps[4] <= temps[1] * 1.1
