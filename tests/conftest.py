@@ -18,6 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The test extras install libtpu (for the ahead-of-time TPU fit check); the tests themselves run on the CPU.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+# One XLA compilation cache for the session, inherited by the CLI subprocesses: many tests build the same programs
+# (the tiny config's sampler and learner step) in new Trainers or processes, which then load them instead of
+# compiling again. Fresh per session, so timings never depend on an earlier run; removed at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil as _shutil
+  import tempfile as _tempfile
+
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _tempfile.mkdtemp(prefix="dashjax-test-xla-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  atexit.register(_shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 
 import glob
 import hashlib
