@@ -101,9 +101,7 @@ def main(argv=None):
   log(f"compile: static {static_compile:.1f} s, continuous {cont_compile:.1f} s ({dict(cont.traces)})")
 
   def run_static(key):
-    out = jax.block_until_ready(static_exe(params, tokens, valid, key))
-    static._last = (out.lengths_B, out.decode_steps)
-    return out
+    return jax.block_until_ready(static_exe(params, tokens, valid, key))
 
   runs = {"static": [], "continuous": []}
   for r in range(repeats):
@@ -115,7 +113,7 @@ def main(argv=None):
       outs[name] = jax.tree.map(np.asarray, run_static(key) if name == "static" else
                                 jax.block_until_ready(cont(params, tokens, valid, key)))
       dt = time.perf_counter() - t0
-      st = (static if name == "static" else cont).last_stats
+      st = (static if name == "static" else cont).stats(outs[name])
       runs[name].append(dict(seconds=dt, decode_steps=st.decode_steps, slot_steps=st.slot_steps,
                              wasted_slot_steps=st.wasted_slot_steps, chunks=st.chunks, compactions=st.compactions,
                              lengths=outs[name].lengths_B.tolist()))

@@ -43,6 +43,9 @@ class _CountingSampler:
     self.rows.append(tokens.shape[0] * self.sampler.cfg.samples_per_prompt)
     return self.sampler(params, tokens, valid, key)
 
+  def stats(self, out):
+    return self.sampler.stats(out)
+
 
 @pytest.mark.parametrize("algo,expected_calls,rows_per_call", [("grpo", 16 // 4, 4), ("dash", 16 // 8, 8)])
 def test_sampler_calls_per_update(tmp_path, algo, expected_calls, rows_per_call):

@@ -139,6 +139,10 @@ class ContinuousSampler:
                                  compactions=compactions)
     return Rollouts(call.tokens_BxN, call.logprobs_BxN, call.lengths_B, ~call.eos_B, jnp.int32(steps))
 
+  def stats(self, out: Rollouts) -> SamplerStats:
+    """Decode compute of the last call (`out` is its result), counted on the host as it ran."""
+    return self.last_stats
+
   def warmup(self, params, prompt_tokens_PxT, prompt_valid_PxT, rng):
     """Compiles every program a call of this prompt shape can need (each bucket's chunk and compaction) without
     decoding: later calls of that shape compile nothing."""

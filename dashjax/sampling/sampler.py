@@ -149,17 +149,12 @@ class Sampler:
   def __init__(self, graphdef, cfg: SamplingConfig):
     self.graphdef, self.cfg = graphdef, cfg
     self._fn = jax.jit(functools.partial(sample, graphdef, cfg))
-    self._last = None
 
   def __call__(self, params, prompt_tokens_PxT, prompt_valid_PxT, rng) -> Rollouts:
-    out = self._fn(params, prompt_tokens_PxT, prompt_valid_PxT, rng)
-    self._last = (out.lengths_B, out.decode_steps)  # stats are read from these only when asked for (no sync here)
-    return out
+    return self._fn(params, prompt_tokens_PxT, prompt_valid_PxT, rng)
 
-  @property
-  def last_stats(self) -> SamplerStats | None:
-    """Decode compute of the last call: every row is decoded at every step until the last row ends."""
-    if self._last is None:
-      return None
-    lengths, steps = jax.device_get(self._last)
+  def stats(self, out: Rollouts) -> SamplerStats:
+    """Decode compute of the call that returned `out` (pass a host copy: multi-process arrays are global): every
+    row is decoded at every step until the last row ends."""
+    lengths, steps = jax.device_get((out.lengths_B, out.decode_steps))
     return stats_from(lengths, steps, len(lengths) * int(steps))

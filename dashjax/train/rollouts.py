@@ -11,7 +11,6 @@ import numpy as np
 from dashjax.parallel.distributed import put, same_on_all_hosts, to_host
 from dashjax.parallel.mesh import batch_sharding
 from dashjax.rl.batching import RolloutBatch, rollout_batch
-from dashjax.sampling.sampler import stats_from
 
 
 @dataclasses.dataclass
@@ -59,14 +58,9 @@ class RolloutCollector:
       r = self.sampler(params, put(t, batch_sharding(self.mesh, 2)), put(v, batch_sharding(self.mesh, 2)),
                        jax.random.fold_in(key, c))
       outs.append(jax.tree.map(to_host, r))
-      if getattr(self.sampler, "traces", None) is not None:  # continuous: counted on the host as it ran
-        stats = self.sampler.last_stats
-      else:  # static: every row decoded at every step; from the host copy (multi-process arrays are global)
-        o = outs[-1]
-        stats = stats_from(o.lengths_B, o.decode_steps, len(o.lengths_B) * int(o.decode_steps))
-      if stats is not None:  # decode compute: slot-steps run, and those spent on rows that had ended
-        self.slot_steps += stats.slot_steps
-        self.wasted_slot_steps += stats.wasted_slot_steps
+      stats = self.sampler.stats(outs[-1])  # decode compute: slot-steps run, and those spent on rows that had ended
+      self.slot_steps += stats.slot_steps
+      self.wasted_slot_steps += stats.wasted_slot_steps
     return tokens, valid, outs
 
   def collect(self, params, examples, key) -> Scored:
