@@ -26,13 +26,20 @@ setup(
         "reasoning-gym>=0.1.20",
         "absl-py",
         "jinja2",  # chat templates (transformers needs it; it otherwise arrives only with torch)
+        # gs:// workdirs: etils.epath (Orbax's own path layer) reads and writes buckets through fsspec's gcsfs.
+        "etils[epath]",
+        "gcsfs",
     ],
     extras_require={
         # torch is used only by parity tests against transformers' PyTorch models (CPU build).
         # libtpu (through jax's own tpu extra, matched to the jax version) for TPU runs and for `dashjax-fit
         # --topology`, which compiles for a TPU slice on any machine.
-        "tpu": ["jax[tpu]"],
-        "test": ["pytest", "pytest-xdist", "torch==2.13.0", "accelerate", "jax[tpu]"],
+        # libtpu ships Linux wheels only: on macOS and Windows the extras install without it (its tests skip).
+        "tpu": ['jax[tpu]; sys_platform == "linux"'],
+        # gcp-storage-emulator: a real GCS server on loopback for the gs:// workdir tests; nbclient + ipykernel
+        # run the Colab notebook in a real Jupyter kernel.
+        "test": ["pytest", "torch==2.13.0", 'jax[tpu]; sys_platform == "linux"', "gcp-storage-emulator",
+                 "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={
         "console_scripts": [
