@@ -7,7 +7,7 @@ Jobs (each appended to the JSON as it finishes, so an interrupted run keeps what
   sweep   0.5b with mesh.fsdp = 1, 2, 4, 8 (the rest data-parallel): learner programs and the state per chip
   scan    3b micro-step with train.scan_layers false and true: compile time and memory
   single  0.5b on one v5e chip (one chip of v5e:2x2) with the reductions it needs
-Needs libtpu (pip install 'dashjax[tpu]'); runs on a CPU-only machine. Compiles take minutes each on 2 cores.
+Needs libtpu (pip install -e '.[tpu]' from the checkout, Linux only); runs on a CPU-only machine. Compiles take minutes each on 2 cores.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """dashjax: JAX-native RL for reasoning language models (DASH: preemptive sampling + gradient filtering).
 
 The public API is imported lazily, so that importing a submodule (reward workers import dashjax.rewards) does not
-load JAX.
+load JAX. The environment JAX, libtpu and the storage clients read is settled here, before any of them starts.
 """
+
+from dashjax import platform as _platform
+
+_platform.configure()
 
 __version__ = "0.1.0"
 __all__ = ["load_model", "generate", "save_hf", "__version__"]

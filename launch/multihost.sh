@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: launch/multihost.sh CONFIG WORKDIR [--config.KEY=VALUE ...] [--resume]
+usage: launch/multihost.sh CONFIG WORKDIR [--config.KEY=VALUE ...] [--auto_resume]
 
 Sets DASHJAX_COORDINATOR, DASHJAX_NUM_PROCESSES and DASHJAX_PROCESS_ID, then execs
   dashjax-train --config=CONFIG --workdir=WORKDIR ARGS...
@@ -14,7 +14,7 @@ which calls jax.distributed.initialize() with them. Where they come from, first 
   2. SLURM, under srun: SLURM_PROCID, SLURM_NTASKS, and the first host of SLURM_STEP_NODELIST (or
      SLURM_JOB_NODELIST, expanded with `scontrol show hostnames`) as coordinator, port $DASHJAX_PORT
      (default 12000 + SLURM_JOB_ID % 20000, the same on every task).
-Every process must see the same WORKDIR (shared filesystem) and the same CONFIG and arguments.
+Every process must see the same WORKDIR (a shared filesystem or a gs:// bucket) and the same CONFIG and arguments.
 
 environment:
   DASHJAX_PORT    coordinator port under SLURM
@@ -54,7 +54,6 @@ case "$DASHJAX_NUM_PROCESSES$DASHJAX_PROCESS_ID" in *[!0-9]*) die "process count
 [ "$DASHJAX_PROCESS_ID" -lt "$DASHJAX_NUM_PROCESSES" ] ||
   die "DASHJAX_PROCESS_ID=$DASHJAX_PROCESS_ID must be below DASHJAX_NUM_PROCESSES=$DASHJAX_NUM_PROCESSES"
 case "$DASHJAX_COORDINATOR" in *:[0-9]*) ;; *) die "DASHJAX_COORDINATOR=$DASHJAX_COORDINATOR must be host:port" ;; esac
-case "$workdir" in gs://*) die "WORKDIR=$workdir: gs:// URLs are not supported yet; use a shared filesystem path" ;; esac
 
 read -r -a train <<<"${DASHJAX_TRAIN:-dashjax-train}"
 cmd=("${train[@]}" "--config=$config" "--workdir=$workdir" "$@")

@@ -13,13 +13,13 @@ subcommands (each runs on every worker, or on $WORKER):
   check                         print jax.process_count() / device_count() after jax.distributed.initialize()
   train CONFIG WORKDIR [ARGS]   DASHJAX_DISTRIBUTED=1 dashjax-train --config=CONFIG --workdir=WORKDIR ARGS...
                                 (same arguments on all workers; CONFIG may be FILE:ARG, e.g. configs/qwen25_math.py:1.5b)
-  stop                          SIGTERM a detached run (DETACH=1): it checkpoints and exits; continue with --resume
+  stop                          SIGTERM a detached run (DETACH=1): it checkpoints and exits; continue with --auto_resume
                                 (FORCE=1: SIGKILL, e.g. when hosts caught the signal in different steps and hang)
   exec 'COMMAND'                run a shell command in $REMOTE_DIR with the venv active
 
-WORKDIR must be one path that every worker sees: a shared filesystem (Filestore/NFS, or a GCS bucket mounted with
-gcsfuse). A bare gs:// URL is refused: dashjax writes config.json and metrics.jsonl with plain open(), so although
-Orbax itself accepts gs:// paths, the run would fail (see launch/README.md).
+WORKDIR must be one place that every worker sees: a bucket (gs://BUCKET/RUN, written natively: every worker writes
+its checkpoint shards, worker 0 the logs) or a shared filesystem. Spot VMs lose their disks when preempted, so use
+a bucket there, and rerun the same `train` command with --auto_resume after each preemption.
 
 environment:
   TPU_NAME      (required) TPU VM name             ZONE        (required) its zone, e.g. us-central2-b
@@ -35,8 +35,8 @@ environment:
 
 examples:
   TPU_NAME=my-v4-32 ZONE=us-central2-b REPO=https://github.com/ORG/dashjax launch/tpu_pod.sh setup
-  TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh train configs/qwen25_math.py:1.5b /mnt/shared/runs/q15 \
-      --config.mesh.fsdp=4 --config.data.path=/mnt/shared/MATH/train.jsonl
+  TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh train configs/qwen25_math.py:1.5b gs://my-bucket/runs/q15 \
+      --auto_resume --config.mesh.fsdp=4 --config.data.path=/mnt/shared/MATH/train.jsonl
 EOF
 }
 
@@ -139,10 +139,7 @@ cmd_train() {
   [ $# -ge 2 ] || { usage >&2; die "train needs CONFIG and WORKDIR"; }
   local config="$1" workdir="$2"; shift 2
   case "$workdir" in
-    gs://*) die "WORKDIR=$workdir: gs:// URLs are not supported yet (config.json and metrics.jsonl are written with
-  plain open(), and the checkpointer calls os.path.abspath). Mount the bucket on every worker with gcsfuse
-  (launch/tpu_pod.sh exec 'mkdir -p ~/gcs && gcsfuse --implicit-dirs BUCKET ~/gcs') and pass the mount path." ;;
-    /*) ;;
+    gs://*|/*) ;;
     *) echo "tpu_pod.sh: warning: WORKDIR=$workdir is relative to $REMOTE_DIR on each worker's local disk; on a" \
          "multi-host slice checkpoints are then split across workers and cannot be restored. Prefer a shared path." >&2 ;;
   esac

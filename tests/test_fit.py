@@ -28,7 +28,7 @@ def _needs_libtpu():
   try:
     import libtpu  # noqa: F401
   except ImportError:
-    pytest.skip("libtpu is not installed (pip install 'dashjax[tpu]')")
+    pytest.skip("libtpu is not installed (pip install -e '.[tpu]'; Linux only)")
 
 
 def test_reduced_qwen_fits_a_v5e_slice_and_fsdp_lowers_per_chip_memory():

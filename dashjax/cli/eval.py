@@ -8,7 +8,6 @@ DIR/eval-stepN.json (DIR/eval-initial.json for a run with no checkpoint yet, whi
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import flags
@@ -32,7 +31,9 @@ def _evaluate() -> int:
   config = config_value(_CONFIG, sys.argv)
   if FLAGS.workdir is None:
     raise CliError("--workdir is required (the training run to evaluate)")
-  if "://" not in FLAGS.workdir and not os.path.isdir(FLAGS.workdir):
+  from dashjax.store import paths
+
+  if not paths.is_dir(FLAGS.workdir):
     raise CliError(f"--workdir {FLAGS.workdir} does not exist; give the folder of a training run")
   from dashjax.config import validate
 
@@ -54,10 +55,9 @@ def _evaluate() -> int:
   for text, ex in list(zip(out["texts"][::out["samples"]], trainer.heldout))[:FLAGS.show]:
     print(f"\n  Q: {ex.problem}\n  gold: {ex.answer}\n  model: {text.strip()[:300]}")
   name = f"eval-step{trainer.step}.json" if trainer.resumed else "eval-initial.json"
-  path = os.path.join(FLAGS.workdir, name)
-  with open(path, "w") as f:
-    json.dump({k: v for k, v in out.items() if k != "texts"} | {"step": trainer.step, "seed": FLAGS.seed}, f,
-              indent=2)
+  path = paths.join(FLAGS.workdir, name)
+  paths.write_text(path, json.dumps({k: v for k, v in out.items() if k != "texts"} | {"step": trainer.step,
+                                                                                      "seed": FLAGS.seed}, indent=2))
   print(f"\nwrote {path}")
   return 0
 

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (optionally FILE:ARG).",
                                           lock_config=True)
 flags.DEFINE_string("topology", "", "A TPU slice such as v5e:2x4, v5e:2x2, v4:2x2x1, v5p:2x2x1, v6e:2x2 (needs "
-                    "libtpu: pip install 'dashjax[tpu]'); empty: the local devices.")
+                    "libtpu: pip install -e '.[tpu]' in the checkout); empty: the local devices.")
 flags.DEFINE_string("json", "", "Also write the report as JSON to this path.")
 flags.DEFINE_list("programs", [], "Only these programs (sampler, micro_step, apply, eval_sampler, sampler_cast).")
 FLAGS = flags.FLAGS

@@ -60,3 +60,11 @@ def any_host(flag: bool) -> bool:
   from jax.experimental import multihost_utils
 
   return bool(np.asarray(multihost_utils.process_allgather(np.asarray([flag], bool))).any())
+
+
+def sync(name: str) -> None:
+  """Every process waits here until all have arrived (no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

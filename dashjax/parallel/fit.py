@@ -50,7 +50,7 @@ def topology_devices(name: str):
   try:
     import libtpu  # noqa: F401
   except ImportError:
-    raise FitError("--topology needs libtpu: pip install 'dashjax[tpu]' (jax[tpu] at the installed jax version)")
+    raise FitError("--topology needs libtpu: pip install -e '.[tpu]' in the dashjax checkout (jax[tpu] at the installed jax version; Linux only)")
   from jax.experimental import topologies
 
   try:

@@ -1,10 +1,16 @@
-"""Per-step metrics: one JSON line each in metrics.jsonl, TensorBoard scalars, and curve.png at the end."""
+"""Per-step metrics: one JSON line each in metrics.jsonl, TensorBoard scalars, and curve.png at the end.
+
+The workdir may be local or gs://: lines go through `dashjax.store.logs` (parts on an object store), and TensorBoard
+events start a new file every `PART_LINES` steps there, since each flush uploads the open event file whole.
+"""
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import os
+
+from dashjax.store import paths
+from dashjax.store.logs import PART_LINES, JsonlLog, read_jsonl
 
 
 class MetricsWriter:
@@ -14,56 +20,62 @@ class MetricsWriter:
     import jax
 
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.workdir = workdir
+    self.path = paths.join(workdir, "metrics.jsonl")
     self.tb = None
     if not self.enabled:
       return
-    if resume_step is not None and os.path.exists(self.path):
-      # Lines written after the checkpoint we resume from would be duplicated by the resumed run: drop them.
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line).get("step", -1) <= resume_step]
-      with open(self.path, "w") as f:
-        f.writelines(kept)
-    elif resume_step is None and os.path.exists(self.path):
-      os.remove(self.path)
+    # Resuming, lines written after the checkpoint would be duplicated by the resumed run: drop them.
+    self.log = JsonlLog(self.path, fresh=resume_step is None,
+                        keep=None if resume_step is None else (lambda r: r.get("step", -1) <= resume_step))
+    self._tb_steps = 0
+
+  def _tensorboard(self):
     from tensorboardX import SummaryWriter
 
-    self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+    rotate = paths.is_remote(self.workdir) and self._tb_steps >= PART_LINES
+    if self.tb is None or rotate:
+      if self.tb is not None:
+        self.tb.close()
+      self.tb, self._tb_steps = SummaryWriter(paths.join(self.workdir, "tb")), 0
+    self._tb_steps += 1
+    return self.tb
 
   def write(self, metrics: dict):
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(metrics) + "\n")
-    step = metrics["step"]
+    self.log.append(metrics)
+    step, tb = metrics["step"], self._tensorboard()
     for k, v in metrics.items():
       if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-        self.tb.add_scalar(k, v, step)
-    self.tb.flush()
+        tb.add_scalar(k, v, step)
+    tb.flush()
 
   def close(self):
     if self.tb is not None:
       self.tb.close()
+      self.tb = None
+    if self.enabled:
+      self.log.close()
 
 
 def read_metrics(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a JSON-lines log (local or gs://, joined or still in parts)."""
+  return read_jsonl(path)
 
 
 def plot_curve(workdir: str, title: str = "") -> str:
   """curve.png: reward and kept fraction per step, held-out accuracy where evaluated, time split per step."""
-  import matplotlib
+  # A bare Figure (no pyplot): drawing must not switch the caller's backend (a notebook's inline plots).
+  from matplotlib.figure import Figure
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  rows = read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  out = os.path.join(workdir, "curve.png")
+  rows = read_metrics(paths.join(workdir, "metrics.jsonl"))
+  out = paths.join(workdir, "curve.png")
   if not rows:
     return out
   steps = [r["step"] for r in rows]
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  fig = Figure(figsize=(15, 4))
+  axes = fig.subplots(1, 3)
   ax = axes[0]
   ax.plot(steps, [r.get("reward_mean", float("nan")) for r in rows], label="train reward (mean)")
   ev = _read_evals(workdir)
@@ -90,15 +102,14 @@ def plot_curve(workdir: str, title: str = "") -> str:
   ax.set_title("time per step")
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  paths.write_bytes(out, buf.getvalue())
   return out
 
 
 def _read_evals(workdir: str) -> list[tuple[int, float, float]]:
   """(step, accuracy, standard error) per evaluation, the latest one per step (a resumed run may repeat one)."""
-  path = os.path.join(workdir, "eval.jsonl")
-  if not os.path.exists(path):
-    return []
+  path = paths.join(workdir, "eval.jsonl")
   latest = {r["step"]: (r["accuracy"], r.get("stderr") or 0.0) for r in read_metrics(path)}
   return [(s, a, e) for s, (a, e) in sorted(latest.items())]

@@ -15,10 +15,8 @@ Algorithms (`rl.algo`), all from one loop:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import signal
 import time
 
@@ -36,7 +34,9 @@ from dashjax.rewards import RewardPool
 from dashjax.rl.advantages import group_advantages
 from dashjax.rl.batching import keep_mask
 from dashjax.sampling.generate import eos_ids_for
-from dashjax.train.checkpoint import Checkpointer
+from dashjax.store import paths
+from dashjax.store.logs import JsonlLog
+from dashjax.train.checkpoint import Checkpointer, CheckpointError
 from dashjax.train.evaluate import Evaluator
 from dashjax.train import programs
 from dashjax.train.metrics import MetricsWriter, plot_curve
@@ -71,13 +71,15 @@ def _non_finite(m: dict) -> list[str]:
 
 class Trainer:
   def __init__(self, config, workdir: str, *, resume: bool = False, model_and_tokenizer=None,
-               read_only: bool = False):
-    """`read_only` (evaluation of a run): the latest checkpoint is loaded if there is one, and nothing in `workdir`
-    is created, truncated or appended to (no metrics, no eval.jsonl, no checkpoints)."""
+               read_only: bool = False, resume_step: int | None = None):
+    """`workdir` is a local folder or an object-store URL (gs://bucket/run). `read_only` (evaluation of a run): the
+    latest checkpoint is loaded if there is one, and nothing in `workdir` is created, truncated or appended to (no
+    metrics, no eval.jsonl, no checkpoints). `resume_step`: resume from that checkpoint instead of the latest; the
+    later ones are set aside (never deleted)."""
     self.config, self.workdir, self.read_only = config, workdir, read_only
     self.plan = validate(config, check_model_source=model_and_tokenizer is None)
     if not read_only:
-      os.makedirs(workdir, exist_ok=True)
+      paths.makedirs(workdir)
     c, plan = config, self.plan
     self.mesh = make_mesh(plan.mesh_shape)
     model, self.tokenizer = model_and_tokenizer or load_model(c.model.source, dtype=c.model.dtype,
@@ -111,17 +113,23 @@ class Trainer:
     self.ref_params = jax.tree.map(jnp.copy, self.params) if c.rl.kl_beta > 0 else None
     self._evaluator = None
 
-    self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints,
+    self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints,
                                      read_only=read_only)
     self.step = 0
     self.resumed = False
     if (resume or read_only) and self.checkpointer.latest_step() is not None:
-      self.params, self.opt_state, meta = self.checkpointer.restore(self.params, self.opt_state)
+      if resume_step is not None and not read_only:
+        self.checkpointer.set_aside_after(resume_step)
+      try:
+        self.params, self.opt_state, meta = self.checkpointer.restore(self.params, self.opt_state, resume_step)
+      except CheckpointError as e:
+        raise RunStopped(str(e)) from None
       self.step = int(meta["step"])
       self.iterator.restore(meta["data"])
       self.resumed = True
       log.info("resumed from step %d (%s)", self.step, self.checkpointer.directory)
     self.metrics = None if read_only else MetricsWriter(workdir, resume_step=self.step if self.resumed else None)
+    self.eval_log = JsonlLog(paths.join(workdir, "eval.jsonl")) if not read_only and is_main_process() else None
     self._stop_requested = False
 
   def _fitting(self, examples, what):
@@ -258,17 +266,17 @@ class Trainer:
     out = self._evaluator(self.sampler_params(), self.heldout, seed)
     record = {k: v for k, v in out.items() if k != "texts"}
     record["step"] = self.step
-    if is_main_process() and not self.read_only:
-      with open(os.path.join(self.workdir, "eval.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if self.eval_log is not None:
+      self.eval_log.append(record)
     return out
 
   def save(self):
     self.checkpointer.save(self.step, self.params, self.opt_state,
                            {"step": self.step, "data": self.iterator.state(), "seed": int(self.config.train.seed)})
 
-  def request_stop(self, *_):
+  def request_stop(self, signum=signal.SIGTERM, *_):
     self._stop_requested = True
+    self._stop_signal = signal.Signals(signum).name
 
   def run(self, progress: bool = True, stop_at: int | None = None) -> dict:
     """Trains to train.num_steps (or `stop_at`), evaluating before/after; returns a summary."""
@@ -278,8 +286,10 @@ class Trainer:
       raise RuntimeError("a Trainer opened with read_only=True evaluates a run; it does not train")
     c = self.config
     summary = {"workdir": self.workdir}
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
-    signal.signal(signal.SIGTERM, self.request_stop)
+    # Ctrl-C and a scheduler's SIGTERM alike: finish the current step, checkpoint, stop.
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+      signal.signal(s, self.request_stop)
     try:
       if c.eval.before and not self.resumed:
         summary["before"] = self._eval_and_report("before training")
@@ -310,8 +320,8 @@ class Trainer:
         if any_host(self._stop_requested):
           self.save()
           bar.close()
-          print(f"\nstopped by SIGTERM after step {self.step}; checkpoint saved in {self.checkpointer.directory}; "
-                f"continue with --resume", flush=True)
+          print(f"\nstopped by {self._stop_signal} after step {self.step}; checkpoint saved in "
+                f"{self.checkpointer.directory}; continue with --resume (or --auto_resume)", flush=True)
           summary["stopped_at"] = self.step
           return summary
         if c.train.checkpoint_every and self.step % c.train.checkpoint_every == 0:
@@ -359,5 +369,7 @@ class Trainer:
   def close(self):
     if self.metrics is not None:
       self.metrics.close()
+    if self.eval_log is not None:
+      self.eval_log.close()
     self.pool.close()
     self.checkpointer.close()

@@ -1,0 +1,1 @@
+"""Run folders on local disks and object stores (gs://): one path layer, logs, and run-state decisions."""
