@@ -1,6 +1,7 @@
 """gs:// workdirs against a real GCS server on loopback (gcp-storage-emulator), and start-or-resume for preemptible
 jobs: the SLURM example's command run twice, killed in between, ends where an uninterrupted local run ends."""
 
+import contextlib
 import json
 import os
 import signal
@@ -52,6 +53,21 @@ def _env(url, **extra):
   for k in ("TENSORSTORE_GCS_HTTP_URL", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "GOOGLE_AUTH_TOKEN_FOR_TESTING"):
     env.pop(k, None)  # dashjax derives these from STORAGE_EMULATOR_HOST itself
   return env
+
+
+@contextlib.contextmanager
+def _emulator_here(url):
+  """This process's storage clients pointed at the emulator, the environment restored afterwards."""
+  saved = dict(os.environ)
+  os.environ["STORAGE_EMULATOR_HOST"] = url
+  from dashjax import platform
+
+  platform.configure(os.environ)
+  try:
+    yield
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _objects(url, prefix):
@@ -159,18 +175,20 @@ def test_bucket_run_killed_and_auto_resumed_matches_a_local_run(emulator, tmp_pa
   assert {k: after[k] for k in before} == before
   assert json.loads(_read(emulator, f"{prefix}eval-step4.json"))["step"] == 4
 
-  # A used bucket workdir is refused, and --overwrite moves the whole old run aside before starting over.
-  base = [sys.executable, "-m", "dashjax.cli.train", f"--config={TINY}", "--workdir=gs://bucket/run",
-          "--progress=false", "--config.train.num_steps=1"]
-  refused = subprocess.run(base, cwd=tmp_path, env=_env(emulator), capture_output=True, text=True, timeout=300)
+  # A used bucket workdir is refused; --overwrite's move takes every object of the old run aside.
+  refused = subprocess.run([sys.executable, "-m", "dashjax.cli.train", f"--config={TINY}",
+                            "--workdir=gs://bucket/run"], cwd=tmp_path, env=_env(emulator), capture_output=True,
+                           text=True, timeout=300)
   assert refused.returncode == 2 and "already holds a run" in refused.stderr, refused.stderr[-3000:]
   assert _objects(emulator, prefix) == after
-  over = subprocess.run(base + ["--overwrite"], cwd=tmp_path, env=_env(emulator), capture_output=True, text=True,
-                        timeout=300)
-  assert over.returncode == 0, over.stderr[-3000:]
-  moved = {n.split("/", 1)[1]: v for n, v in _objects(emulator, "run.replaced-").items()}
-  assert {n: size for n, (_, size) in moved.items()} == {n[len(prefix):]: size for n, (_, size) in after.items()}
-  assert [r["step"] for r in _metrics(emulator, prefix)] == [1]
+  with _emulator_here(emulator):
+    from dashjax.store import workdir as run_folder
+
+    target = run_folder.move_aside("gs://bucket/run")
+  assert target.startswith("gs://bucket/run.replaced-")
+  moved = {n.split("/", 1)[1]: size for n, (_, size) in _objects(emulator, "run.replaced-").items()}
+  assert moved == {n[len(prefix):]: size for n, (_, size) in after.items()}
+  assert _objects(emulator, prefix) == {}
   _no_gs_folder(tmp_path, ROOT)
 
 
@@ -185,11 +203,12 @@ def test_missing_bucket_is_one_line_before_the_model_loads(emulator, tmp_path):
   _no_gs_folder(tmp_path)
 
 
-def test_bucket_log_rewrites_only_its_open_part(emulator, monkeypatch):
-  monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-  from dashjax import platform
+def test_bucket_log_rewrites_only_its_open_part(emulator):
+  with _emulator_here(emulator):
+    _check_log_parts(emulator)
 
-  platform.configure(os.environ)
+
+def _check_log_parts(emulator):
   from dashjax.store.logs import PART_LINES, JsonlLog, read_jsonl
 
   path, prefix = "gs://bucket/logtest/metrics.jsonl", "logtest/"
