@@ -153,10 +153,10 @@ def test_eval_argument_errors(tmp_path):
     (["--model", "/no/such/dir/model.gguf"], "--model='/no/such/dir/model.gguf' does not exist"),
 ])
 def test_generate_checks_arguments_before_loading(args, expected):
-  proc, seconds = _run("generate", *args)
+  proc, _ = _run("generate", *args)
   line = _one_error_line(proc, "dashjax-generate")
   assert expected in line, line
-  assert "loaded" not in proc.stdout and seconds < 5.0, (seconds, proc.stdout)
+  assert "loaded" not in proc.stdout, proc.stdout
 
 
 def test_scorer_errors_are_counted_and_stop_a_run_that_scores_nothing(tmp_path):

@@ -146,7 +146,9 @@ def test_bfloat16_gradient_against_float32():
   cos = float(g16 @ g32 / np.linalg.norm(g16) / np.linalg.norm(g32))
   print(f"bfloat16-compute gradient vs float32: relative error {rel:.4f}, cosine {cos:.5f}")
   assert g16.dtype == np.float32
-  assert rel < 0.05 and cos > 0.999
+  # Measured here: 0.0053 and 0.99999 (deterministic on XLA:CPU); the bound is 1.3x that. RMSNorm computed in
+  # bfloat16 instead of float32 measured 0.0083, so a lost float32 island fails this.
+  assert rel < 1.3 * 0.0053 and cos > 0.9999
 
 
 def test_trainer_computes_in_bfloat16_and_stores_float32(tmp_path):

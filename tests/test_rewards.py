@@ -63,12 +63,22 @@ def test_extraction_and_matching_stay_fast_on_adversarial_text():
   # Inputs that make naive regexes or brace matching quadratic; scoring must stay ~linear in the text length.
   texts = ["\\boxed{" * 5000, "<answer>" * 5000 + "7", "1 " * 5000 + "x1", "1" * 20000 + "x", "{" * 5000 + "}",
            "answer: " * 3000]
-  t0 = time.perf_counter()
-  for text in texts:
-    extract_answer(text)
-    extract_answer(text, mode="text")
-    answers_match(text, "5")
-  assert time.perf_counter() - t0 < 1.0
+  # A hang guard, not a time budget (that is benchmarks' job): quadratic scanning of these texts takes minutes.
+  import signal
+
+  def hung(*_):
+    raise TimeoutError("answer extraction did not finish within 60 s: quadratic on adversarial text")
+
+  previous = signal.signal(signal.SIGALRM, hung)
+  signal.alarm(60)
+  try:
+    for text in texts:
+      extract_answer(text)
+      extract_answer(text, mode="text")
+      answers_match(text, "5")
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 def test_extract_answer_text_mode():
@@ -209,10 +219,9 @@ def test_pool_timeout_holds_on_hanging_input(pool):
 def test_pool_decides_real_sympy_blowup_without_timeout(pool):
   # 9^(9^9) used to send sympy into a computation far past any timeout, which only the pool could cut; math.py's
   # size guard now decides it (0) before sympy evaluates anything (more inputs in test_reward_bounds.py).
-  t0 = time.perf_counter()
+  restarts = pool.restarts
   batch = pool.score("math", ["\\boxed{9^{9^{9}}}", "\\boxed{5}"], ["5", "5"])
-  assert time.perf_counter() - t0 < 1.0
-  assert batch.timed_out.tolist() == [False, False]
+  assert batch.timed_out.tolist() == [False, False] and pool.restarts == restarts  # no worker had to be killed
   np.testing.assert_array_equal(batch.rewards, [0, 1])
 
 
@@ -220,9 +229,9 @@ def test_pool_throughput_256(pool, arithmetic_items):
   completions, targets = _mixed_batch(arithmetic_items, 256)
   completions = [("Let me think step by step. " * 40) + c for c in completions]  # ~1 KB of reasoning each
   batch = pool.score("gym", completions, targets)
-  print(f"256 gym completions: {batch.seconds * 1e3:.1f} ms")
+  print(f"256 gym completions: {batch.seconds * 1e3:.1f} ms")  # a figure for the log; budgets live in benchmarks
   assert not batch.timed_out.any()
-  assert batch.seconds < 5.0
+  np.testing.assert_array_equal(batch.rewards, [float(k % 3 != 0) for k in range(256)])  # a third wrong
 
 
 def test_register_scorer_needs_importable_function():
