@@ -3,6 +3,8 @@
   python benchmarks/dash_vs_grpo.py --quick     # SmolLM2, 4 steps, 64 held-out prompts (~7 min on 2 CPU cores)
   python benchmarks/dash_vs_grpo.py             # the main job's settings: 24 steps, 200 held-out prompts (~35 min)
   python benchmarks/dash_vs_grpo.py --algos grpo,dash,dash@continuous   # dash with both samplers side by side
+  python benchmarks/dash_vs_grpo.py --seeds 3   # each algorithm at seeds 0, 1, 2: accuracy mean and sd over seeds
+  python benchmarks/dash_vs_grpo.py --workload long --algos grpo,dash   # 256-token chains of thought: time per phase
 
 One Trainer per algorithm from the same config (configs/smollm2_arith.py by default), differing only in `rl.algo`:
 same initial weights, prompts (same data seed and order), P, G, max new tokens, micro-batch, learning rate and number
@@ -14,7 +16,9 @@ checked afterwards to show that training compiled nothing more. Held-out accurac
 default) on the same prompts.
 
 Total time per algorithm = sample + reward + update seconds summed over the training steps; `dash_over_grpo` and
-`pg_over_grpo` are ratios of those totals.
+`pg_over_grpo` are ratios of those totals. With `--seeds N` the whole comparison runs once per seed (train.seed and
+data.seed both set to it; the held-out set is drawn from data.seed too), and the JSON, rewritten after every seed,
+adds an `aggregate`: accuracy mean, sd and per seed, ratios per seed, per-step response length and truncation.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def compile_counts(trainer) -> dict:
           "apply": learner._apply._cache_size() if learner._apply is not None else 0}
 
 
-def run_seed(config, algos, out_dir, loaded, seed: int, evaluate: bool) -> dict:
+def run_seed(config, algos, out_dir, loaded, seed: int, evaluate: bool, untimed: int = 0) -> dict:
   """One round of the compared Trainers at `seed` (train.seed and data.seed), steps interleaved."""
   c = copy.deepcopy(config)
   c.train.seed = c.data.seed = seed
@@ -119,7 +123,8 @@ def run_seed(config, algos, out_dir, loaded, seed: int, evaluate: bool) -> dict:
   finally:
     for t in trainers.values():
       t.close()
-  summaries = [summarize(a, per_algo[a], after.get(a)) for a in algos]
+  # The first `untimed` steps train but are left out of the timing summary (late compilations of sampler buckets).
+  summaries = [dict(summarize(a, per_algo[a][untimed:], after.get(a)), untimed_steps=untimed) for a in algos]
   run.update(before=before, after=after, summary=summaries, ratios=ratios_of(summaries), steps=per_algo,
              compilations=compiled, recompiled_during_training=recompiled)
   return run
@@ -130,14 +135,17 @@ def main(argv=None):
   ap.add_argument("--config", default=None, help="default configs/smollm2_arith.py (--workload long: "
                   "configs/gsm_long.py)")
   ap.add_argument("--workload", choices=("main", "long"), default="main",
-                  help="long: gsm_symbolic with chain of thought, 256 new tokens, continuous sampler; 3 steps and "
-                  "no held-out evaluation unless --steps / --eval-prompts say otherwise (time per update is the point)")
+                  help="long: gsm_symbolic with chain of thought, 256 new tokens, continuous sampler; 4 steps, no "
+                  "held-out evaluation, the first step untimed, unless --steps / --eval-prompts / --untimed-steps say "
+                  "otherwise (time per update is the point)")
   ap.add_argument("--algos", default="grpo,dash,pg", help="comma list; ratios are against grpo")
   ap.add_argument("--seeds", type=int, default=1, help="runs of every algorithm at seeds S0..S0+N-1 (train.seed and "
                   "data.seed both set); accuracy is reported as mean and sd over seeds")
   ap.add_argument("--first-seed", type=int, default=None, help="S0 (default: the config's train.seed)")
   ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config's train.num_steps)")
   ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts (default: the config's; 0: none)")
+  ap.add_argument("--untimed-steps", type=int, default=None, help="first steps left out of the time totals "
+                  "(default 0; --workload long: 1)")
   ap.add_argument("--quick", action="store_true", help="4 steps and 64 held-out prompts, same per-step shapes")
   ap.add_argument("--out", default=None, help="folder for the workdirs (default: a temporary folder)")
   ap.add_argument("--json", default=None, help="default benchmarks/results/dash_vs_grpo[_quick|_long|_seeds].json")
@@ -152,7 +160,8 @@ def main(argv=None):
   if args.quick:
     args.steps, args.eval_prompts = args.steps or 4, 64 if args.eval_prompts is None else args.eval_prompts
   if long:
-    args.steps, args.eval_prompts = args.steps or 3, 0 if args.eval_prompts is None else args.eval_prompts
+    args.steps, args.eval_prompts = args.steps or 4, 0 if args.eval_prompts is None else args.eval_prompts
+  untimed = (1 if long else 0) if args.untimed_steps is None else args.untimed_steps
   algos = [a.strip() for a in args.algos.split(",") if a.strip()]
   bad = [a for a in algos if a.partition("@")[2] not in ("", "static", "continuous")]
   if bad:
@@ -180,7 +189,7 @@ def main(argv=None):
               "learning_rate": c.train.learning_rate, "filter_threshold": c.rl.filter_threshold,
               "loss_aggregation": c.rl.loss_aggregation, "eval_prompts": c.eval.num_prompts if evaluate else 0,
               "eval_temperature": c.eval.temperature, "eval_samples": c.eval.samples, "quick": args.quick,
-              "out": out_dir, "command": " ".join(["python"] + sys.argv)}
+              "untimed_steps": untimed, "out": out_dir, "command": " ".join(["python"] + sys.argv)}
   log("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
   t_start = time.perf_counter()
   from flax import nnx
@@ -195,7 +204,7 @@ def main(argv=None):
   runs = []
   result = {"environment": env, "settings": settings, "runs": runs}
   for seed in seeds:
-    runs.append(run_seed(config, algos, out_dir, loaded, seed, evaluate))
+    runs.append(run_seed(config, algos, out_dir, loaded, seed, evaluate, untimed))
     # Written after every seed, so a long run that is stopped leaves its finished seeds behind.
     result.update(aggregate=aggregate(runs, algos), wall_s=time.perf_counter() - t_start,
                   load_average_end=os.getloadavg(), seeds_done=[r["seed"] for r in runs], png=args.png)
@@ -220,6 +229,10 @@ def main(argv=None):
     log(fmt_summary(r["summary"], r["before"]))
     for k, v in r["ratios"].items():
       log(f"  {k} = {v:.3f}")
+    for s in r["summary"]:
+      waste = (f", wasted slot-steps {s['wasted_slot_steps']} of {s['decode_slot_steps']} "
+               f"({s['wasted_slot_fraction']:.3f})" if "wasted_slot_steps" in s else "")
+      log(f"  {s['algo']}: share of time sampling {s['sample_share']:.3f}{waste}")
     for a in algos:
       cc = r["compilations"][a]
       log(f"  {a}: compilations sampler/micro_step/apply = {cc['sampler']}/{cc['micro_step']}/{cc['apply']}, "

@@ -53,13 +53,15 @@ def ratios_of(summaries) -> dict:
 
 def aggregate(runs, algos) -> dict:
   """Over seeds: held-out accuracy mean/sd (and each seed's), time ratios per seed, per-step length/truncation."""
-  out = {"seeds": [r["seed"] for r in runs], "before": [r["before"]["accuracy"] for r in runs], "algos": {}}
+  out = {"seeds": [r["seed"] for r in runs], "before": [r["before"]["accuracy"] for r in runs if r.get("before")],
+         "algos": {}}
   for a in algos:
     acc = [r["after"][a]["accuracy"] for r in runs if r.get("after")]
     per = {"accuracy_per_seed": acc,
            "accuracy_mean": float(np.mean(acc)) if acc else None,
            "accuracy_sd": float(np.std(acc, ddof=1)) if len(acc) > 1 else None,
-           "gain_per_seed": [r["after"][a]["accuracy"] - r["before"]["accuracy"] for r in runs if r.get("after")],
+           "gain_per_seed": [r["after"][a]["accuracy"] - r["before"]["accuracy"] for r in runs if r.get("after")
+                             and r.get("before")],
            "total_s_per_seed": [next(s["total_s"] for s in r["summary"] if s["algo"] == a) for r in runs],
            "sample_share_per_seed": [next(s["sample_share"] for s in r["summary"] if s["algo"] == a) for r in runs],
            "response_len": [[m["response_len"] for m in r["steps"][a]] for r in runs],
@@ -78,7 +80,7 @@ def aggregate(runs, algos) -> dict:
 def fmt_summary(summaries, before) -> str:
   head = ["algo", "steps (updates)", "sample s/step", "reward s/step", "update s/step", "total s/step", "sample s",
           "reward s", "update s", "total s", "sampler calls", "micro-steps", "kept fraction", "train reward",
-          "response len", "truncated", "held-out acc"]
+          "response len", "truncated", "wasted slot-steps", "held-out acc"]
   rows = []
   for s in summaries:
     acc = f"{s['accuracy']:.3f} +/- {s['accuracy_stderr']:.3f}" if "accuracy" in s else "-"
@@ -87,7 +89,8 @@ def fmt_summary(summaries, before) -> str:
                  f"{s['sample_s_total']:.1f}", f"{s['reward_s_total']:.1f}", f"{s['update_s_total']:.1f}",
                  f"{s['total_s']:.1f}", str(s["sampler_calls"]), str(s["micro_steps"]),
                  f"{s['kept_fraction_mean']:.3f}", f"{s['reward_mean']:.3f}", f"{s['response_len_mean']:.1f}",
-                 f"{s['truncated_fraction_mean']:.2f}", acc])
+                 f"{s['truncated_fraction_mean']:.2f}",
+                 f"{s['wasted_slot_fraction']:.3f}" if "wasted_slot_fraction" in s else "-", acc])
   if before is not None:
     rows.append(["(before training)"] + [""] * (len(head) - 2) + [f"{before['accuracy']:.3f} +/- {before['stderr']:.3f}"])
   return table(head, rows)
@@ -135,7 +138,8 @@ def plot_seeds(path, runs, algos, title):
         ax.plot([len(steps) + 0.5 + 0.3 * j], [r["after"][a]["accuracy"]], "o", color=c, ms=6)
       bx.plot(x, [m["response_len"] for m in steps], ls, color=c, lw=1.5, label=f"{a} seed {r['seed']}")
       cx.plot(x, [m["truncated_fraction"] for m in steps], ls, color=c, lw=1.5)
-    ax.plot([0], [r["before"]["accuracy"]], "ks", ms=5)
+    if r.get("before"):
+      ax.plot([0], [r["before"]["accuracy"]], "ks", ms=5)
   ax.set_xlabel("step")
   ax.set_ylabel("train reward (mean of 4 steps); o: held-out after, s: before")
   ax.set_ylim(-0.02, 1.02)
