@@ -3,6 +3,8 @@
   python benchmarks/dash_vs_grpo.py --quick     # SmolLM2, 4 steps, 64 held-out prompts (~7 min on 2 CPU cores)
   python benchmarks/dash_vs_grpo.py             # the main job's settings: 24 steps, 200 held-out prompts (~35 min)
   python benchmarks/dash_vs_grpo.py --algos grpo,dash,dash@continuous   # dash with both samplers side by side
+  python benchmarks/dash_vs_grpo.py --seeds 3   # each algorithm at seeds 0, 1, 2: accuracy mean and sd over seeds
+  python benchmarks/dash_vs_grpo.py --workload long --algos grpo,dash   # 256-token chains of thought: time per phase
 
 One Trainer per algorithm from the same config (configs/smollm2_arith.py by default), differing only in `rl.algo`:
 same initial weights, prompts (same data seed and order), P, G, max new tokens, micro-batch, learning rate and number
@@ -14,7 +16,9 @@ checked afterwards to show that training compiled nothing more. Held-out accurac
 default) on the same prompts.
 
 Total time per algorithm = sample + reward + update seconds summed over the training steps; `dash_over_grpo` and
-`pg_over_grpo` are ratios of those totals.
+`pg_over_grpo` are ratios of those totals. With `--seeds N` the whole comparison runs once per seed (train.seed and
+data.seed both set to it; the held-out set is drawn from data.seed too), and the JSON, rewritten after every seed,
+adds an `aggregate`: accuracy mean, sd and per seed, ratios per seed, per-step response length and truncation.
 """
 
 from __future__ import annotations
@@ -31,19 +35,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (RESULTS, ROOT, enable_compile_cache, environment, fresh_copy, load_config, log,  # noqa: E402
-                    table, write_json)
+                    write_json)
+from dash_vs_grpo_report import (PHASES, aggregate, fmt_seeds, fmt_summary, plot_one, plot_seeds,  # noqa: E402
+                                 ratios_of, summarize)
 
-PHASES = ("sample_s", "reward_s", "update_s")
 
-
-def build_trainers(config, algos, out_dir):
+def build_trainers(config, algos, out_dir, loaded):
   from flax import nnx
 
-  from dashjax.models.loading import load_model
   from dashjax.train.trainer import Trainer
 
-  model, tokenizer = load_model(config.model.source, dtype=config.model.dtype)
-  graphdef, state = nnx.split(model)
+  graphdef, state, tokenizer = loaded
   trainers = {}
   for algo in algos:
     c = copy.deepcopy(config)
@@ -81,135 +83,22 @@ def compile_counts(trainer) -> dict:
           "apply": learner._apply._cache_size() if learner._apply is not None else 0}
 
 
-def summarize(algo, steps, evaluation) -> dict:
-  s = {"algo": algo, "steps": len(steps), "optimizer_updates": sum(m["optimizer_updates"] for m in steps),
-       "updates_skipped": sum(m["update_skipped"] for m in steps)}
-  for k in PHASES + ("step_s",):
-    vals = [m[k] for m in steps]
-    s[f"{k}_mean"], s[f"{k}_total"] = float(np.mean(vals)), float(np.sum(vals))
-  s["total_s"] = sum(s[f"{k}_total"] for k in PHASES)
-  s["sampler_calls"] = sum(m["sampler_calls"] for m in steps)
-  s["micro_steps"] = sum(m["micro_steps"] for m in steps)
-  if "wasted_slot_fraction" in steps[0]:  # decode slot-steps spent on rows that had ended
-    s["decode_slot_steps"] = int(sum(m["decode_slot_steps"] for m in steps))
-    s["wasted_slot_fraction_mean"] = float(np.mean([m["wasted_slot_fraction"] for m in steps]))
-  s["kept_fraction_mean"] = float(np.mean([m["kept_fraction"] for m in steps]))
-  s["reward_mean"] = float(np.mean([m["reward_mean"] for m in steps]))
-  tail = steps[-max(1, len(steps) // 4):]
-  s["reward_last_quarter"] = float(np.mean([m["reward_mean"] for m in tail]))
-  s["accuracy"], s["accuracy_stderr"] = evaluation["accuracy"], evaluation["stderr"]
-  return s
-
-
-def fmt_summary(summaries, before) -> str:
-  head = ["algo", "steps (updates)", "sample s/step", "reward s/step", "update s/step", "total s/step", "sample s",
-          "reward s", "update s", "total s", "sampler calls", "micro-steps", "kept fraction", "train reward",
-          "held-out acc"]
-  rows = []
-  for s in summaries:
-    rows.append([s["algo"], f"{s['steps']} ({s['optimizer_updates']})", f"{s['sample_s_mean']:.2f}",
-                 f"{s['reward_s_mean']:.2f}", f"{s['update_s_mean']:.2f}", f"{s['total_s'] / s['steps']:.2f}",
-                 f"{s['sample_s_total']:.1f}", f"{s['reward_s_total']:.1f}", f"{s['update_s_total']:.1f}",
-                 f"{s['total_s']:.1f}", str(s["sampler_calls"]), str(s["micro_steps"]),
-                 f"{s['kept_fraction_mean']:.3f}", f"{s['reward_mean']:.3f}",
-                 f"{s['accuracy']:.3f} +/- {s['accuracy_stderr']:.3f}"])
-  rows.append(["(before training)", "", "", "", "", "", "", "", "", "", "", "", "", "",
-               f"{before['accuracy']:.3f} +/- {before['stderr']:.3f}"])
-  return table(head, rows)
-
-
-def plot(path, per_algo, summaries, before, title):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  colors = {"grpo": "tab:red", "dash": "tab:blue", "pg": "tab:green"}
-  fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
-  ax.errorbar([0], [before["accuracy"]], yerr=[before["stderr"]], fmt="ks", capsize=3, label="held-out, before")
-  for s in summaries:
-    a, steps = s["algo"], per_algo[s["algo"]]
-    x = np.cumsum([m["step_s"] for m in steps])
-    r = np.array([m["reward_mean"] for m in steps])
-    c = colors.get(a) if "@" not in a else None
-    ax.plot(x, r, "-", color=c, alpha=0.3, lw=1)
-    k = min(4, len(r))
-    smooth = np.convolve(r, np.ones(k) / k, mode="valid")
-    ax.plot(x[k - 1:], smooth, "-", color=c, lw=2, label=f"{a}: train reward (mean of {k} steps)")
-    ax.errorbar([x[-1]], [s["accuracy"]], yerr=[s["accuracy_stderr"]], fmt="o", color=c, capsize=3, ms=8,
-                label=f"{a}: held-out, after")
-  ax.set_xlabel("cumulative wall-clock seconds of training steps")
-  ax.set_ylim(-0.02, 1.02)
-  ax.legend(fontsize=7, loc="best")
-  ax.set_title("reward against time")
-  bottom = np.zeros(len(summaries))
-  names = [s["algo"] for s in summaries]
-  for k, c in zip(PHASES, ("tab:orange", "tab:gray", "tab:purple")):
-    vals = np.array([s[f"{k}_total"] for s in summaries])
-    bx.bar(names, vals, bottom=bottom, color=c, label=k.replace("_s", ""))
-    bottom += vals
-  bx.set_ylabel("seconds over all steps")
-  bx.legend(fontsize=8)
-  bx.set_title("time per phase")
-  fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
-
-
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--config", default=os.path.join(ROOT, "configs", "smollm2_arith.py"))
-  ap.add_argument("--algos", default="grpo,dash,pg", help="comma list; ratios are against grpo")
-  ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config's train.num_steps)")
-  ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts (default: the config's)")
-  ap.add_argument("--quick", action="store_true", help="4 steps and 64 held-out prompts, same per-step shapes")
-  ap.add_argument("--out", default=None, help="folder for the three workdirs (default: a temporary folder)")
-  ap.add_argument("--json", default=None, help="default benchmarks/results/dash_vs_grpo[_quick].json")
-  ap.add_argument("--png", default=None, help="default: the JSON path with .png")
-  args = ap.parse_args(argv)
-  stem = "dash_vs_grpo_quick" if args.quick else "dash_vs_grpo"
-  args.json = args.json or os.path.join(RESULTS, stem + ".json")
-  args.png = args.png or os.path.splitext(args.json)[0] + ".png"
-  if args.quick:
-    args.steps, args.eval_prompts = args.steps or 4, args.eval_prompts or 64
-  algos = [a.strip() for a in args.algos.split(",") if a.strip()]
-  bad = [a for a in algos if a.partition("@")[2] not in ("", "static", "continuous")]
-  if bad:
-    ap.error(f"--algos: {bad[0]!r}: the sampler after '@' must be static or continuous")
-
-  config = load_config(args.config)
-  config.train.num_steps = args.steps or config.train.num_steps
-  config.eval.num_prompts = args.eval_prompts or config.eval.num_prompts
-  config.eval.batch_size = min(config.eval.batch_size, config.eval.num_prompts * config.eval.samples)
-  config.eval.every = 0
-  config.train.checkpoint_every = 0  # checkpoint writes are not part of what is compared
-  out_dir = args.out or tempfile.mkdtemp(prefix="dash_vs_grpo_")
-  enable_compile_cache(os.path.join(out_dir, "jax_cache"))
-  env = environment()
-  log("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-  c = config
-  settings = {"config": os.path.relpath(args.config, ROOT), "algos": algos, "steps": c.train.num_steps,
-              "model": c.model.source, "prompts_per_step": c.rl.prompts_per_step, "samples_per_prompt":
-              c.rl.samples_per_prompt, "max_new_tokens": c.sampling.max_new_tokens, "micro_batch_size":
-              c.train.micro_batch_size, "sampling_batch_size": c.sampling.batch_size,
-              "sampling_continuous": c.sampling.continuous, "learning_rate":
-              c.train.learning_rate, "filter_threshold": c.rl.filter_threshold, "eval_prompts": c.eval.num_prompts,
-              "eval_temperature": c.eval.temperature, "eval_samples": c.eval.samples, "quick": args.quick,
-              "out": out_dir, "command": " ".join(["python"] + sys.argv)}
-  log("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-  t_start = time.perf_counter()
-  trainers = build_trainers(config, algos, out_dir)
-  result = {"environment": env, "settings": settings}
+def run_seed(config, algos, out_dir, loaded, seed: int, evaluate: bool, untimed: int = 0) -> dict:
+  """One round of the compared Trainers at `seed` (train.seed and data.seed), steps interleaved."""
+  c = copy.deepcopy(config)
+  c.train.seed = c.data.seed = seed
+  trainers = build_trainers(c, algos, os.path.join(out_dir, f"seed{seed}"), loaded)
+  run = {"seed": seed}
   try:
-    t0 = time.perf_counter()
-    before = trainers[algos[0]].evaluate()
-    before = {k: v for k, v in before.items() if k != "texts"}
-    log(f"held-out accuracy before training (shared): {before['accuracy']:.3f} +/- {before['stderr']:.3f} "
-        f"({time.perf_counter() - t0:.0f}s)")
-    result["warm_up_s"] = {a: warm_up(t) for a, t in trainers.items()}
-    log("warm-up (compile + one run) seconds: " + ", ".join(f"{a} {s:.1f}" for a, s in result["warm_up_s"].items()))
+    before = None
+    if evaluate:
+      t0 = time.perf_counter()
+      before = {k: v for k, v in trainers[algos[0]].evaluate().items() if k != "texts"}
+      log(f"seed {seed}: held-out accuracy before training (shared): {before['accuracy']:.3f} +/- "
+          f"{before['stderr']:.3f} ({time.perf_counter() - t0:.0f}s)")
+    run["warm_up_s"] = {a: warm_up(t) for a, t in trainers.items()}
+    log(f"seed {seed}: warm-up (compile + one run) seconds: " +
+        ", ".join(f"{a} {s:.1f}" for a, s in run["warm_up_s"].items()))
     compiled = {a: compile_counts(t) for a, t in trainers.items()}
     per_algo = {a: [] for a in algos}
     for step in range(c.train.num_steps):
@@ -218,51 +107,140 @@ def main(argv=None):
         m = trainers[a].train_step()
         trainers[a].metrics.write(m)
         per_algo[a].append(m)
-        log(f"step {step + 1:2d} {a:5s} sample {m['sample_s']:5.2f}s reward {m['reward_s']:4.2f}s update "
+        log(f"seed {seed} step {step + 1:2d} {a:5s} sample {m['sample_s']:5.2f}s reward {m['reward_s']:4.2f}s update "
             f"{m['update_s']:5.2f}s step {m['step_s']:5.2f}s calls {m['sampler_calls']} micro {m['micro_steps']} "
-            f"kept {m['kept_fraction']:.2f} reward {m['reward_mean']:.3f}")
+            f"kept {m['kept_fraction']:.2f} reward {m['reward_mean']:.3f} len {m['response_len']:.1f} "
+            f"trunc {m['truncated_fraction']:.2f}")
     after = {}
-    for a in algos:
-      t0 = time.perf_counter()
-      ev = trainers[a].evaluate()
-      after[a] = {k: v for k, v in ev.items() if k != "texts"}
-      log(f"held-out accuracy after training, {a}: {ev['accuracy']:.3f} +/- {ev['stderr']:.3f} "
-          f"({time.perf_counter() - t0:.0f}s)")
+    if evaluate:
+      for a in algos:
+        t0 = time.perf_counter()
+        ev = trainers[a].evaluate()
+        after[a] = {k: v for k, v in ev.items() if k != "texts"}
+        log(f"seed {seed}: held-out accuracy after training, {a}: {ev['accuracy']:.3f} +/- {ev['stderr']:.3f} "
+            f"({time.perf_counter() - t0:.0f}s)")
     recompiled = {a: compile_counts(t) != compiled[a] for a, t in trainers.items()}
   finally:
     for t in trainers.values():
       t.close()
-  summaries = [summarize(a, per_algo[a], after[a]) for a in algos]
-  by = {s["algo"]: s for s in summaries}
-  ratios = {}
-  if "grpo" in by:
-    for a in algos:
-      if a != "grpo":
-        ratios[f"{a}_over_grpo"] = by[a]["total_s"] / by["grpo"]["total_s"]
-        for k in PHASES:
-          ratios[f"{a}_over_grpo_{k[:-2]}"] = by[a][f"{k}_total"] / by["grpo"][f"{k}_total"]
-  result.update(before=before, after=after, summary=summaries, ratios=ratios, steps=per_algo,
-                compilations=compiled, recompiled_during_training=recompiled, wall_s=time.perf_counter() - t_start,
-                load_average_end=os.getloadavg())
-  title = (f"{c.model.source}, P={c.rl.prompts_per_step} x G={c.rl.samples_per_prompt}, "
+  # The first `untimed` steps train but are left out of the timing summary (late compilations of sampler buckets).
+  summaries = [dict(summarize(a, per_algo[a][untimed:], after.get(a)), untimed_steps=untimed) for a in algos]
+  run.update(before=before, after=after, summary=summaries, ratios=ratios_of(summaries), steps=per_algo,
+             compilations=compiled, recompiled_during_training=recompiled)
+  return run
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--config", default=None, help="default configs/smollm2_arith.py (--workload long: "
+                  "configs/gsm_long.py)")
+  ap.add_argument("--workload", choices=("main", "long"), default="main",
+                  help="long: gsm_symbolic with chain of thought, 256 new tokens, continuous sampler; 4 steps, no "
+                  "held-out evaluation, the first step untimed, unless --steps / --eval-prompts / --untimed-steps say "
+                  "otherwise (time per update is the point)")
+  ap.add_argument("--algos", default="grpo,dash,pg", help="comma list; ratios are against grpo")
+  ap.add_argument("--seeds", type=int, default=1, help="runs of every algorithm at seeds S0..S0+N-1 (train.seed and "
+                  "data.seed both set); accuracy is reported as mean and sd over seeds")
+  ap.add_argument("--first-seed", type=int, default=None, help="S0 (default: the config's train.seed)")
+  ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config's train.num_steps)")
+  ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts (default: the config's; 0: none)")
+  ap.add_argument("--untimed-steps", type=int, default=None, help="first steps left out of the time totals "
+                  "(default 0; --workload long: 1)")
+  ap.add_argument("--quick", action="store_true", help="4 steps and 64 held-out prompts, same per-step shapes")
+  ap.add_argument("--out", default=None, help="folder for the workdirs (default: a temporary folder)")
+  ap.add_argument("--json", default=None, help="default benchmarks/results/dash_vs_grpo[_quick|_long|_seeds].json")
+  ap.add_argument("--png", default=None, help="default: the JSON path with .png")
+  args = ap.parse_args(argv)
+  long = args.workload == "long"
+  args.config = args.config or os.path.join(ROOT, "configs", "gsm_long.py" if long else "smollm2_arith.py")
+  stem = "dash_vs_grpo" + ("_quick" if args.quick else "") + ("_long" if long else "") + (
+      "_seeds" if args.seeds > 1 else "")
+  args.json = args.json or os.path.join(RESULTS, stem + ".json")
+  args.png = args.png or os.path.splitext(args.json)[0] + ".png"
+  if args.quick:
+    args.steps, args.eval_prompts = args.steps or 4, 64 if args.eval_prompts is None else args.eval_prompts
+  if long:
+    args.steps, args.eval_prompts = args.steps or 4, 0 if args.eval_prompts is None else args.eval_prompts
+  untimed = (1 if long else 0) if args.untimed_steps is None else args.untimed_steps
+  algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+  bad = [a for a in algos if a.partition("@")[2] not in ("", "static", "continuous")]
+  if bad:
+    ap.error(f"--algos: {bad[0]!r}: the sampler after '@' must be static or continuous")
+
+  config = load_config(args.config)
+  config.train.num_steps = args.steps or config.train.num_steps
+  evaluate = args.eval_prompts != 0
+  config.eval.num_prompts = args.eval_prompts or config.eval.num_prompts
+  config.eval.batch_size = min(config.eval.batch_size, config.eval.num_prompts * config.eval.samples)
+  config.eval.every = 0
+  config.train.checkpoint_every = 0  # checkpoint writes are not part of what is compared
+  first = config.train.seed if args.first_seed is None else args.first_seed
+  seeds = list(range(first, first + args.seeds))
+  out_dir = args.out or tempfile.mkdtemp(prefix="dash_vs_grpo_")
+  enable_compile_cache(os.path.join(out_dir, "jax_cache"))
+  env = environment()
+  log("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
+  c = config
+  settings = {"config": os.path.relpath(args.config, ROOT), "workload": args.workload, "algos": algos,
+              "seeds": seeds, "steps": c.train.num_steps, "model": c.model.source, "task": c.data.task,
+              "prompts_per_step": c.rl.prompts_per_step, "samples_per_prompt": c.rl.samples_per_prompt,
+              "max_new_tokens": c.sampling.max_new_tokens, "micro_batch_size": c.train.micro_batch_size,
+              "sampling_batch_size": c.sampling.batch_size, "sampling_continuous": c.sampling.continuous,
+              "learning_rate": c.train.learning_rate, "filter_threshold": c.rl.filter_threshold,
+              "loss_aggregation": c.rl.loss_aggregation, "eval_prompts": c.eval.num_prompts if evaluate else 0,
+              "eval_temperature": c.eval.temperature, "eval_samples": c.eval.samples, "quick": args.quick,
+              "untimed_steps": untimed, "out": out_dir, "command": " ".join(["python"] + sys.argv)}
+  log("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+  t_start = time.perf_counter()
+  from flax import nnx
+
+  from dashjax.models.loading import load_model
+
+  model, tokenizer = load_model(config.model.source, dtype=config.model.dtype)
+  graphdef, state = nnx.split(model)
+  loaded = (graphdef, state, tokenizer)
+  title = (f"{c.model.source}, {c.data.task}, P={c.rl.prompts_per_step} x G={c.rl.samples_per_prompt}, "
            f"{c.sampling.max_new_tokens} new tokens, {c.train.num_steps} steps, interleaved ({env['nproc']} CPUs)")
-  plot(args.png, per_algo, summaries, before, title)
-  result["png"] = args.png
-  write_json(args.json, result)
+  runs = []
+  result = {"environment": env, "settings": settings, "runs": runs}
+  for seed in seeds:
+    runs.append(run_seed(config, algos, out_dir, loaded, seed, evaluate, untimed))
+    # Written after every seed, so a long run that is stopped leaves its finished seeds behind.
+    result.update(aggregate=aggregate(runs, algos), wall_s=time.perf_counter() - t_start,
+                  load_average_end=os.getloadavg(), seeds_done=[r["seed"] for r in runs], png=args.png)
+    if len(seeds) == 1:  # the single-seed layout of earlier runs, kept for readers of those JSONs
+      r = runs[0]
+      result.update({k: r[k] for k in ("before", "after", "summary", "ratios", "steps", "compilations",
+                                       "recompiled_during_training", "warm_up_s")})
+      plot_one(args.png, r["steps"], r["summary"], r["before"], title)
+    else:
+      plot_seeds(args.png, runs, algos, title + f", seeds {seeds}")
+    write_json(args.json, result)
+    log(f"seed {seed} done; {len(runs)} of {len(seeds)} seeds written to {args.json}")
 
   log("")
   log(f"DASH vs GRPO vs PG: {title}; jax {env['jax']}, {env['cpu_model']}.")
   log("Seconds per step are means over the training steps; totals are sums; total = sample + reward + update. "
       f"Held-out accuracy: mean@{c.eval.samples}, temperature {c.eval.temperature}, {c.eval.num_prompts} prompts "
       "(+/- standard error).")
-  log("")
-  log(fmt_summary(summaries, before))
-  log("")
-  for k, v in ratios.items():
-    log(f"{k} = {v:.3f}")
-  for a in algos:
-    log(f"{a}: compilations sampler/micro_step/apply = {compiled[a]['sampler']}/{compiled[a]['micro_step']}/"
-        f"{compiled[a]['apply']}, recompiled during training: {recompiled[a]}")
+  for r in runs:
+    log("")
+    log(f"seed {r['seed']}:")
+    log(fmt_summary(r["summary"], r["before"]))
+    for k, v in r["ratios"].items():
+      log(f"  {k} = {v:.3f}")
+    for s in r["summary"]:
+      waste = (f", wasted slot-steps {s['wasted_slot_steps']} of {s['decode_slot_steps']} "
+               f"({s['wasted_slot_fraction']:.3f})" if "wasted_slot_steps" in s else "")
+      log(f"  {s['algo']}: share of time sampling {s['sample_share']:.3f}{waste}")
+    for a in algos:
+      cc = r["compilations"][a]
+      log(f"  {a}: compilations sampler/micro_step/apply = {cc['sampler']}/{cc['micro_step']}/{cc['apply']}, "
+          f"recompiled during training: {r['recompiled_during_training'][a]}")
+  if len(runs) > 1 and evaluate:
+    log("")
+    log(f"over seeds {seeds}:")
+    log(fmt_seeds(result["aggregate"]))
   log(f"wall time {result['wall_s']:.0f}s; load average start {env['load_average_start']}, end "
       f"{result['load_average_end']}; JSON: {args.json}; PNG: {args.png}")
   return 0
