@@ -81,3 +81,33 @@ def test_unknown_chip_kind_is_a_fit_error(monkeypatch):
 
   with pytest.raises(fit.FitError, match="known kinds"):
     fit.check(tiny.get_config(), [fake], programs_wanted=("nothing",))
+
+
+def test_continuous_sampler_on_a_slice_is_listed_split_by_rows_and_costed():
+  """tiny on v5e:2x2 with FSDP over the 4 chips: every program of a continuous call is compiled and costed, the
+  start program hands each chip its rows' KV only (not the whole cache), and a decode step is set against its floor."""
+  _needs_libtpu()
+  import os
+  import sys
+
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import tiny
+  from dashjax.models.presets import PRESETS
+  from dashjax.parallel.fit import check
+
+  c = tiny.get_config()
+  c.mesh.data, c.mesh.fsdp = 1, -1
+  c.sampling.max_new_tokens = 256  # the decode cache outweighs the call's other buffers
+  r = check(c, topology="v5e:2x2", programs_wanted=("sampler",))
+  assert list(r["programs"]) == ["sampler/start", "sampler/chunk[16]", "sampler/compact[8]", "sampler/chunk[8]",
+                                 "sampler/compact[4]", "sampler/chunk[4]"]
+  cfg = PRESETS["tiny-random"]
+  whole_cache = cfg.num_layers * 2 * 16 * cfg.num_kv_heads * 256 * cfg.head_dim * 4  # 16 rows x 256 tokens, f32
+  start = r["programs"]["sampler/start"]
+  # Outputs: the prompts' KV and the call's buffers (small) plus this chip's 4 of the 16 rows of the decode cache.
+  assert start["output_bytes"] < whole_cache / 2, start
+  for p in r["programs"].values():
+    assert p["flops"] > 0 and p["bytes_accessed"] > 0 and p["predicted_s"] > 0
+  d = r["decode"]
+  assert d["batch"] == 16 and d["rows_per_chip"] == 4 and d["context"] == 48 + 256 and d["chip"] == "v5e"
+  assert d["floor_s"] > 0 and d["predicted_over_floor"] == pytest.approx(d["predicted_s"] / d["floor_s"])
