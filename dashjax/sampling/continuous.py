@@ -80,6 +80,9 @@ class ContinuousSampler:
     G = c.samples_per_prompt
     B = call.lengths_B.shape[0]
     eos = jnp.asarray(self._eos, jnp.int32)
+    # With a slot for every row (sampling.slots=0) nothing is ever queued: the rows start together and a live row
+    # advances one token per step, so all live rows are at one step and their keys are written as one column.
+    in_step = self.buckets(B)[0] == B
 
     def cond(carry):
       i, call, slots = carry
@@ -93,8 +96,9 @@ class ContinuousSampler:
       positions = prompts.prompt_len_P[prompt_S] + slots.t_S
       limit = jnp.where(slots.live_S, slots.t_S + 1, 0)
       grouped = None if S == B else prompt_S  # all rows in their own slots: grouped prompt reads (see _start_fn)
+      shared_t = jnp.max(jnp.where(slots.live_S, slots.t_S, 0)) if in_step else None
       logits, cache = model.decode_slots(slots.tok_S, positions, prompts.prefix, grouped, slots.cache, slots.t_S,
-                                         limit, c.attention_block)
+                                         limit, c.attention_block, shared_t)
       new, lp = self._draw(logits, rng, slots.row_S, slots.t_S + 1)
       call, slots = sl.record(call, slots._replace(cache=cache), new, lp, eos)
       call, slots = sl.refill(call, slots, prompts.first_B)
