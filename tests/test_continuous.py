@@ -204,6 +204,35 @@ def test_decode_slots_matches_full_forward():
       np.testing.assert_allclose(logits[s], full(seq[None], ok[None])[0], atol=2e-4, rtol=1e-4)
 
 
+def test_decode_slots_column_write_matches_per_row_scatter():
+  """Slots all at one step (what a call with a slot per row has): writing the new keys as one column at that step
+  gives the logits and caches of the per-row scatter it replaces, step after step."""
+  graphdef, state = _tiny()
+  model = nnx.merge(graphdef, state)
+  tokens, valid = _prompts(P=2, T=8)
+  _, prefix = model.prefill(jnp.asarray(tokens), jnp.asarray(valid))
+  S, N = 4, 6
+  gen = np.random.RandomState(2).randint(3, 1000, (S, N)).astype(np.int32)
+  plen = jnp.asarray(valid.sum(1)).repeat(2)
+  live = jnp.asarray([True, False, True, True])  # slot 1 has ended: its output does not count
+
+  def run(shared):
+    cache = model.init_decode_cache(S, N)
+    out = []
+    for t in range(N):
+      t_S = jnp.full((S,), t, jnp.int32)
+      logits, cache = model.decode_slots(jnp.asarray(gen[:, t]), plen + t, prefix, None, cache, t_S,
+                                         jnp.where(live, t + 1, 0), 4, jnp.int32(t) if shared else None)
+      out.append(logits[np.asarray(live)])
+    return jnp.stack(out), cache
+
+  (a, cache_a), (b, cache_b) = run(False), run(True)
+  np.testing.assert_array_equal(a, b)
+  for la, lb in zip(cache_a.layers, cache_b.layers):
+    np.testing.assert_array_equal(la.k, lb.k)
+    np.testing.assert_array_equal(la.v, lb.v)
+
+
 def test_make_sampler_and_config():
   assert bucket_sizes(64) == (64, 32, 16, 8, 4, 2, 1) and bucket_sizes(48, min_slots=8) == (48, 32, 16, 8)
   assert bucket_sizes(64, step=8) == (64, 56, 48, 40, 32, 24, 16, 8, 4, 2, 1)

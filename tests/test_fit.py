@@ -86,7 +86,14 @@ def test_cli_reports_local_devices_as_json(tmp_path):
 
   r = json.loads(out.read_text())
   assert r["fits"] and r["chips"] >= 1 and r["topology"] == "local:cpu"
-  assert set(r["programs"]) == {"sampler", "micro_step", "apply"}  # tiny evaluates nothing, stores float32
+  # tiny evaluates nothing and stores float32; its sampler is the continuous one (16 rows, buckets 16, 8, 4): every
+  # program a call runs is compiled and reported, in the order it runs.
+  assert list(r["programs"]) == ["sampler/start", "sampler/chunk[16]", "sampler/compact[8]", "sampler/chunk[8]",
+                                 "sampler/compact[4]", "sampler/chunk[4]", "micro_step", "apply"]
+  for p in r["programs"].values():  # XLA:CPU counts flops and bytes but predicts no seconds
+    assert p["flops"] is not None and p["bytes_accessed"] > 0 and p["predicted_s"] is None
+  d = r["decode"]
+  assert d["batch"] == 16 and d["context"] == 48 + 12 and d["floor_s"] is None and d["predicted_over_floor"] is None
   for p in r["programs"].values():
     assert p["total_bytes"] == p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["temp_bytes"] + \
         p["resident_bytes"]

@@ -19,7 +19,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (
 flags.DEFINE_string("topology", "", "A TPU slice such as v5e:2x4, v5e:2x2, v4:2x2x1, v5p:2x2x1, v6e:2x2 (needs "
                     "libtpu: pip install -e '.[tpu]' in the checkout); empty: the local devices.")
 flags.DEFINE_string("json", "", "Also write the report as JSON to this path.")
-flags.DEFINE_list("programs", [], "Only these programs (sampler, micro_step, apply, eval_sampler, sampler_cast).")
+flags.DEFINE_list("programs", [], "Only these programs (sampler, micro_step, apply, eval_sampler, sampler_cast; decode: the "
+                  "sampler's start and one decode step, costed).")
+flags.DEFINE_integer("decode_context", 1024, "Keys per row at which one decode step is costed against its floor "
+                     "(continuous sampler; 0: not costed).")
 FLAGS = flags.FLAGS
 
 
@@ -37,6 +40,7 @@ def _main(argv):
     return 2
   try:
     report = check(_CONFIG.value, topology=FLAGS.topology, programs_wanted=FLAGS.programs or None,
+                   decode_context=FLAGS.decode_context,
                    progress=lambda name: print(f"compiling {name} ...", file=sys.stderr, flush=True))
   except (ConfigError, FitError, ValueError) as e:
     print(f"dashjax-fit: error: {e}", file=sys.stderr)

@@ -127,14 +127,22 @@ class Attention(nnx.Module):
     return self._output(out, x_BxTxD.dtype), LayerKV(k_all, v_all)
 
   def decode_slots(self, x_SxTxD, positions_SxT, prefix: LayerKV, prefix_valid_PxT, prompt_idx_S, cache: LayerKV,
-                   t_S, limit_S, block: int):
+                   t_S, limit_S, block: int, shared_t=None):
     """One token per row, rows at their own steps: the key is written at slot t_S[s] of row s's cache and the query
-    reads the row's prompt (prompt_idx_S) and its first limit_S generated keys (see `ragged`)."""
+    reads the row's prompt (prompt_idx_S) and its first limit_S generated keys (see `ragged`).
+
+    `shared_t`: every row whose output counts is at this step; the keys are written as one column at shared_t (other
+    rows' caches take a key they never read). The per-row scatter made the TPU compiler stage each layer's whole
+    cache, all N slots, in and out of its on-chip memory at every step; a column write touches S x K x D values."""
     S = x_SxTxD.shape[0]
     q, k, v = self._project(x_SxTxD, positions_SxT)
-    rows = jnp.arange(S)
-    k_all = cache.k.at[rows, :, t_S].set(k[:, :, 0].astype(cache.k.dtype))
-    v_all = cache.v.at[rows, :, t_S].set(v[:, :, 0].astype(cache.v.dtype))
+    if shared_t is not None:
+      k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), shared_t, axis=2)
+      v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), shared_t, axis=2)
+    else:
+      rows = jnp.arange(S)
+      k_all = cache.k.at[rows, :, t_S].set(k[:, :, 0].astype(cache.k.dtype))
+      v_all = cache.v.at[rows, :, t_S].set(v[:, :, 0].astype(cache.v.dtype))
     qr = q[:, :, 0].reshape(S, self.cfg.num_kv_heads, -1, self.cfg.head_dim)
     out = ragged_decode_attention(qr, prefix.k, prefix.v, prefix_valid_PxT, prompt_idx_S, k_all, v_all, limit_S,
                                   self.cfg.head_dim ** -0.5, block)
@@ -318,18 +326,19 @@ class Transformer(nnx.Module):
     return x, DecodeCache(kvs)
 
   def decode_slots(self, tokens_S, positions_S, prefix: PromptCache, prompt_idx_S, cache: DecodeCache, t_S, limit_S,
-                   block: int = 128):
+                   block: int = 128, shared_t=None):
     """One token per decode slot, each slot at its own step (the continuous sampler's decode).
 
     Slot s feeds tokens_S[s] at position positions_S[s], writes its KV at slot t_S[s] of its cache row, and attends
     to prompt prompt_idx_S[s] of `prefix` (None: prompt s // (S // P), grouped as in `decode`) plus its generated
     keys [0, limit_S[s]) (limit 0: an empty slot whose output is ignored). Returns logits [S, V] (float32) and the
-    cache.
+    cache. `shared_t`: the one step of every slot whose output counts, when there is one (see `Attention`).
     """
     x = self.embed_tokens(tokens_S[:, None])
     positions = positions_S[:, None]
     kvs = []
     for layer, pkv, ckv in zip(self.layers, prefix.layers, cache.layers):
-      x, kv = layer.decode_slots(x, positions, pkv, prefix.valid_BpxS, prompt_idx_S, ckv, t_S, limit_S, block)
+      x, kv = layer.decode_slots(x, positions, pkv, prefix.valid_BpxS, prompt_idx_S, ckv, t_S, limit_S, block,
+                                 shared_t)
       kvs.append(kv)
     return self.logits(x)[:, 0], DecodeCache(tuple(kvs))

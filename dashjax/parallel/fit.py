@@ -11,6 +11,7 @@ runs, for example) is added to get the figure checked against the chip's memory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -27,9 +28,12 @@ from dashjax.models.compute import cast_floats, target_platform
 from dashjax.models.config import resolve_dtype
 from dashjax.models.presets import model_config
 from dashjax.models.transformer import Transformer
+from dashjax.parallel.cost import CostError, chip_for, decode_floor, kv_bytes_per_token, program_cost
+from dashjax.parallel.fit_sampler import continuous_jobs, decode_step_job
 from dashjax.parallel.mesh import (LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, opt_state_shardings,
                                    param_shardings)
-from dashjax.sampling import Sampler
+from dashjax.sampling import Sampler, make_sampler
+from dashjax.sampling.continuous import ContinuousSampler
 from dashjax.train import programs
 
 GiB = 1024 ** 3
@@ -100,6 +104,9 @@ class ProgramFit:
   resident_bytes: int = 0  # state not among the program's arguments that stays in memory while it runs
   compile_s: float = 0.0
   error: str = ""
+  flops: float | None = None  # the compiler's cost model, per chip (a loop body counted once)
+  bytes_accessed: float | None = None
+  predicted_s: float | None = None  # None where the backend has no cost model (XLA:CPU)
 
   @property
   def program_bytes(self) -> int:
@@ -119,7 +126,8 @@ def _needed_from_error(message: str) -> int:
   return 0
 
 
-def _compile(name: str, jitted, args, resident: int) -> ProgramFit:
+def _compile(name: str, jitted, args, resident: int, chip=None) -> tuple[ProgramFit, object]:
+  """(its fit, the compiled program or None where compiling failed)."""
   fit = ProgramFit(name, resident_bytes=resident)
   t0 = time.perf_counter()
   try:
@@ -130,12 +138,14 @@ def _compile(name: str, jitted, args, resident: int) -> ProgramFit:
     fit.error = msg.splitlines()[0][:300] if msg else type(e).__name__
     fit.temp_bytes = _needed_from_error(msg)
     fit.argument_bytes = per_chip_bytes(args)  # what the arguments alone take, as the compiler did not say
-    return fit
+    return fit, None
   fit.compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   fit.argument_bytes, fit.output_bytes = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
   fit.alias_bytes, fit.temp_bytes = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
-  return fit
+  cost = program_cost(compiled, chip)
+  fit.flops, fit.bytes_accessed, fit.predicted_s = cost["flops"], cost["bytes_accessed"], cost["predicted_s"]
+  return fit, compiled
 
 
 def _gather_fit(name, low, out, resident) -> ProgramFit:
@@ -159,13 +169,22 @@ def _gather_fit(name, low, out, resident) -> ProgramFit:
   return fit
 
 
-def check(config, devices=None, *, topology: str = "", programs_wanted=None, progress=None, model_cfg=None) -> dict:
+def check(config, devices=None, *, topology: str = "", programs_wanted=None, progress=None, model_cfg=None,
+          decode_context: int = 1024) -> dict:
   """Compiles each program of a training step for `devices` (default: the local ones) and returns the report.
 
-  `model_cfg` replaces the architecture of `config.model.source` (e.g. fewer layers, for a quick check)."""
+  `model_cfg` replaces the architecture of `config.model.source` (e.g. fewer layers, for a quick check).
+  `decode_context`: the keys per row at which one decode step is costed against its floor (0: not costed); capped
+  at the prompt plus `sampling.max_new_tokens`."""
   if topology:
     devices = topology_devices(topology)
   devices = list(devices if devices is not None else jax.devices())
+  chip = None
+  if devices[0].platform == "tpu":  # speed needs the chip's bandwidth and peak: an unknown kind stops here
+    try:
+      chip = chip_for(devices[0].device_kind)
+    except CostError as e:
+      raise FitError(str(e)) from None
   plan = validate(config, num_devices=len(devices), check_model_source=False)
   mesh = make_mesh(plan.mesh_shape, devices)
   platform = devices[0].platform
@@ -187,6 +206,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   learner = programs.learner(c, plan, graphdef, opt, mesh, learner_sh)
 
   T, N, mb = int(c.data.max_prompt_tokens), int(c.sampling.max_new_tokens), plan.micro_batch_size
+  decode_context = min(int(decode_context), T + N)
   rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(mesh, len(shape)))  # noqa: E731
   micro_batch = {"tokens": rows((mb, T + N), jnp.int32), "valid": rows((mb, T + N), bool),
                  "weights": rows((mb, N), jnp.float32), "adv": rows((mb,), jnp.float32),
@@ -197,17 +217,14 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   stored, moments, ref_b = per_chip_bytes(params), per_chip_bytes(opt_state), per_chip_bytes(ref or {})
   cast_b = per_chip_bytes(sampler_params) if dtype != param_dtype else 0
   jobs = []
+  grpo_copy = 0
   if c.mode == "rl":
-    # The static one-program sampler: the continuous one's largest program (its first chunk, every slot live)
-    # holds the same caches, and its smaller buckets hold less.
     sampler = programs.train_sampler(c, graphdef, (0,), 0)
-    if not hasattr(sampler, "_fn"):
-      sampler = Sampler(graphdef, dataclasses.replace(sampler.cfg, continuous=False))
     P_call = plan.sampler_rows // c.rl.samples_per_prompt
     prompts = (sampler_params, rows((P_call, T), jnp.int32), rows((P_call, T), bool), key)
     # grpo keeps the sampler's copy alive through its micro-steps
     grpo_copy = cast_b if c.rl.algo == "grpo" else 0
-    jobs.append(("sampler", sampler._fn, prompts, stored + moments + ref_b))
+    jobs.append(("sampler", sampler, prompts, stored + moments + ref_b))
   jobs.append(("micro_step", learner.micro_step, (params, params, ref, micro_batch),
                moments + (grpo_copy if c.mode == "rl" else 0)))
   shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
@@ -215,9 +232,9 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
                                                                            None))
   jobs.append(("apply", apply, (params, opt_state, params), ref_b))
   if c.eval.before or c.eval.after or c.eval.every:
-    ev = Sampler(graphdef, programs.eval_sampling_config(c, (0,), 0))
+    ev = make_sampler(graphdef, programs.eval_sampling_config(c, (0,), 0))
     P_eval = programs.eval_rows(c) // max(int(c.eval.samples), 1)
-    jobs.append(("eval_sampler", ev._fn, (sampler_params, rows((P_eval, T), jnp.int32), rows((P_eval, T), bool), key),
+    jobs.append(("eval_sampler", ev, (sampler_params, rows((P_eval, T), jnp.int32), rows((P_eval, T), bool), key),
                  stored + moments + ref_b))
   if dtype != param_dtype:
     sc = programs.sampler_cast(c, sampler_sh, learner_sh)
@@ -225,14 +242,30 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
     low = _abstract(jax.eval_shape(sc.cast, params), learner_sh)
     jobs.append(("sampler_gather", (low, sampler_params), None, stored + moments + ref_b))
 
-  results = []
+  results, decode = [], None
+  compile_one = functools.partial(_compile, chip=chip)
   with target_platform(platform):
     for name, fn, args, resident in jobs:
-      if programs_wanted and name not in programs_wanted:
+      only_decode = bool(programs_wanted) and name == "sampler" and "decode" in programs_wanted
+      if programs_wanted and name not in programs_wanted and not only_decode:
         continue
       if progress:
         progress(name)
-      results.append(_compile(name, fn, args, resident) if args is not None else _gather_fit(name, *fn, resident))
+      if isinstance(fn, ContinuousSampler):
+        fits, started = continuous_jobs(name, fn, *args, resident, compile_one,
+                                        start_only=only_decode and name not in programs_wanted)
+        results.extend(fits)
+        if name == "sampler" and started is not None and decode_context:
+          if progress:
+            progress(f"decode_step (context {decode_context})")
+          step = decode_step_job(fn, args[0], started, key, T, decode_context, compile_one)
+          decode = _decode_report(step, chip, cfg, sampler_params, plan.sampler_rows, c.rl.samples_per_prompt, mesh,
+                                  T, decode_context)
+      elif isinstance(fn, Sampler):  # the static sampler: one program (a decode step is not costed alone)
+        results.append(compile_one(name, fn._fn, args, resident)[0])
+      else:
+        results.append(compile_one(name, fn, args, resident)[0] if args is not None else
+                       _gather_fit(name, *fn, resident))
   fits = all(not r.error and r.total_bytes <= capacity for r in results)
   return {
       "topology": topology or f"local:{platform}", "chips": len(devices), "device_kind": devices[0].device_kind,
@@ -243,29 +276,71 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
                             "argument_bytes": r.argument_bytes, "output_bytes": r.output_bytes,
                             "alias_bytes": r.alias_bytes, "temp_bytes": r.temp_bytes,
                             "resident_bytes": r.resident_bytes, "compile_s": round(r.compile_s, 2),
-                            "fits": not r.error and r.total_bytes <= capacity, "error": r.error}
+                            "fits": not r.error and r.total_bytes <= capacity, "error": r.error,
+                            "flops": r.flops, "bytes_accessed": r.bytes_accessed, "predicted_s": r.predicted_s}
                    for r in results},
+      "decode": decode,
       "fits": bool(fits),
   }
 
 
+def _decode_report(step: ProgramFit, chip, model_cfg, sampler_params, rows: int, samples: int, mesh,
+                   prompt_len: int, context: int) -> dict:
+  """One decode step of the sampler's first bucket (`rows` slots, all live, each at `context` keys) against its
+  floor on one chip: the compute-dtype weights it reads (whole per chip in the sampler's layout) plus its rows' KV."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  rows_chip = rows // shards if rows % shards == 0 else rows  # rows split over (data, fsdp) when they divide evenly
+  out = {"batch": rows, "context": context, "rows_per_chip": rows_chip, "predicted_s": step.predicted_s,
+         "flops": step.flops, "bytes_accessed": step.bytes_accessed, "compile_s": round(step.compile_s, 2),
+         "error": step.error, "floor_s": None, "predicted_over_floor": None}
+  if chip is None:
+    return out
+  leaves = jax.tree_util.tree_flatten_with_path(sampler_params)[0]
+  itemsize = max(jnp.dtype(x.dtype).itemsize for _, x in leaves)
+  weight_bytes = per_chip_bytes(sampler_params)
+  if not model_cfg.tie_word_embeddings:  # an untied embedding is looked up (a few rows), not read whole
+    weight_bytes -= sum(per_chip_bytes(x) for p, x in leaves if jax.tree_util.keystr(p).startswith("['embed']"))
+  cfg = model_cfg
+  flops = rows_chip * (2 * weight_bytes / itemsize + 4 * context * cfg.num_heads * cfg.head_dim * cfg.num_layers)
+  prompts_chip = max(1, -(-rows_chip // samples))  # samples of one prompt are consecutive rows
+  floor = decode_floor(chip, weight_bytes=weight_bytes, rows=rows_chip, prompts=prompts_chip, prompt_len=prompt_len,
+                       context=context, kv_token_bytes=kv_bytes_per_token(cfg, itemsize), flops=flops)
+  out.update(chip=chip.name, prompts_per_chip=prompts_chip, **floor)
+  if step.predicted_s:
+    out["predicted_over_floor"] = step.predicted_s / floor["floor_s"]
+  return out
+
+
 def format_report(report: dict) -> str:
   g = lambda b: f"{b / GiB:7.2f}"  # noqa: E731
+  ms = lambda x: f"{1e3 * x:9.3f}" if x is not None else f"{'-':>9}"  # noqa: E731
   cap = report["memory_per_chip_bytes"]
   lines = [f"{report['model']} on {report['topology']} ({report['chips']} x {report['device_kind']}, "
            f"{cap / GiB:.2f} GiB per chip), mesh {report['mesh']}, compute {report['dtype']}, "
            f"storage {report['param_dtype']}",
-           f"{'program':<14}{'args':>8}{'outputs':>8}{'aliased':>8}{'temps':>8}{'resident':>9}{'total':>8}"
-           f"  {'of chip':>7}{'compile':>9}  verdict",
-           "-" * 94]
+           f"{'program':<20}{'args':>8}{'outputs':>8}{'aliased':>8}{'temps':>8}{'resident':>9}{'total':>8}"
+           f"  {'of chip':>7}{'compile':>9}{'pred ms':>9}{'GB read':>8}  verdict",
+           "-" * 117]
   for name, p in report["programs"].items():
     verdict = "fits" if p["fits"] else ("DOES NOT FIT" if not p["error"] or "RESOURCE_EXHAUSTED" in p["error"]
                                         else "ERROR")
-    lines.append(f"{name:<14}{g(p['argument_bytes'])}{g(p['output_bytes'])}{g(p['alias_bytes'])}{g(p['temp_bytes'])}"
-                 f"{g(p['resident_bytes']):>9}{g(p['total_bytes'])}  {100 * p['total_bytes'] / cap:6.1f}%"
-                 f"{p['compile_s']:8.1f}s  {verdict}")
+    gb = f"{p['bytes_accessed'] / 1e9:8.3f}" if p.get("bytes_accessed") is not None else f"{'-':>8}"
+    lines.append(f"{name:<20}{g(p['argument_bytes'])}{g(p['output_bytes'])}{g(p['alias_bytes'])}"
+                 f"{g(p['temp_bytes'])}{g(p['resident_bytes']):>9}{g(p['total_bytes'])}  "
+                 f"{100 * p['total_bytes'] / cap:6.1f}%{p['compile_s']:8.1f}s{ms(p.get('predicted_s'))}{gb}  {verdict}")
     if p["error"]:
       lines.append(f"  {p['error']}")
-  lines.append(f"(GiB per chip; total = args + outputs - aliased (donated) + temps + resident state)  -> "
+  lines.append(f"(GiB per chip; total = args + outputs - aliased (donated) + temps + resident state; pred ms and GB "
+               f"read: the compiler's cost model per chip, a loop body counted once)  -> "
                f"{'FITS' if report['fits'] else 'DOES NOT FIT'}")
+  d = report.get("decode")
+  if d:
+    line = (f"decode step: {d['batch']} rows ({d['rows_per_chip']} per chip) at {d['context']} keys: predicted "
+            f"{ms(d['predicted_s']).strip()} ms")
+    if d.get("floor_s"):
+      line += (f", floor {1e3 * d['floor_s']:.3f} ms on {d['chip']} (weights {d['weight_bytes'] / 1e9:.3f} GB + KV "
+               f"{d['kv_bytes'] / 1e9:.3f} GB read)")
+      if d.get("predicted_over_floor"):
+        line += f" -> predicted/floor {d['predicted_over_floor']:.2f}"
+    lines.append(line)
   return "\n".join(lines)
