@@ -12,7 +12,7 @@ def _needs_libtpu():
   try:
     import libtpu  # noqa: F401
   except ImportError:
-    pytest.skip("libtpu is not installed (pip install 'dashjax[tpu]')")
+    pytest.skip("libtpu is not installed (pip install -e '.[tpu]'; Linux only)")
 
 
 def test_one_matmul_reads_its_weight_once_at_v5e_bandwidth():
