@@ -38,7 +38,8 @@ setup(
         "tpu": ['jax[tpu]; sys_platform == "linux"'],
         # gcp-storage-emulator: a real GCS server on loopback for the gs:// workdir tests; nbclient + ipykernel
         # run the Colab notebook in a real Jupyter kernel.
-        "test": ["pytest", "torch==2.13.0", 'jax[tpu]; sys_platform == "linux"', "gcp-storage-emulator",
+        # accelerate: transformers' own GGUF loader (the reference in tests/test_gguf.py) needs it.
+        "test": ["pytest", "torch==2.13.0", "accelerate", 'jax[tpu]; sys_platform == "linux"', "gcp-storage-emulator",
                  "nbclient", "nbformat", "ipykernel"],
     },
     entry_points={

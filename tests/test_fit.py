@@ -113,5 +113,5 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
   from dashjax.parallel import fit
 
   monkeypatch.setitem(sys.modules, "libtpu", None)
-  with pytest.raises(fit.FitError, match=r"dashjax\[tpu\]"):
+  with pytest.raises(fit.FitError, match=r"pip install -e '\.\[tpu\]'"):
     fit.topology_devices("v5e:2x4")

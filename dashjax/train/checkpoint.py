@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 
 import jax
@@ -33,6 +34,17 @@ class _NoPreviousSaveWait(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_NoPreviousSaveWait())
+
+
+def _quiet_closed_loop(unraisable, _previous=sys.unraisablehook):
+  # A restore that fails mid-read (a damaged checkpoint) leaves tensorstore callbacks that find Orbax's event loop
+  # closed; they can do nothing, and their traceback would bury the one-line error that names the checkpoint.
+  if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+    return
+  _previous(unraisable)
+
+
+sys.unraisablehook = _quiet_closed_loop
 
 
 class Checkpointer:

@@ -123,6 +123,8 @@ class Trainer:
       try:
         self.params, self.opt_state, meta = self.checkpointer.restore(self.params, self.opt_state, resume_step)
       except CheckpointError as e:
+        self.checkpointer.close()  # Orbax's threads must not outlive the stopped run (a traceback at exit)
+        self.pool.close()
         raise RunStopped(str(e)) from None
       self.step = int(meta["step"])
       self.iterator.restore(meta["data"])
