@@ -46,6 +46,19 @@ def _quiet_closed_loop(unraisable, _previous=sys.unraisablehook):
 
 sys.unraisablehook = _quiet_closed_loop
 
+_failed_saves = 0
+
+
+class _RetriedSaveFutures(logging.Filter):
+  # A save that fails on one array (a bucket's transient error) leaves Orbax's futures for the other arrays
+  # unread; asyncio would print each one's traceback when it is collected, long after the retry has succeeded
+  # or stopped the run with its own one-line error.
+  def filter(self, record):
+    return not (_failed_saves and record.getMessage().startswith("Future exception was never retrieved"))
+
+
+logging.getLogger("asyncio").addFilter(_RetriedSaveFutures())
+
 
 class Checkpointer:
   def __init__(self, directory: str, keep: int = 2, read_only: bool = False):
@@ -81,13 +94,16 @@ class Checkpointer:
         self.manager.wait_until_finished()
         return
       except Exception as e:  # noqa: BLE001 -- storage clients raise many types
+        global _failed_saves
+        _failed_saves += 1
+        first_line = str(e).splitlines()[0][:200] if str(e) else ""
         last = [s for s in finished_steps(self.directory) if s != step]
         if attempt == SAVE_TRIES:
           raise CheckpointError(
               f"checkpoint of step {step} could not be written to {self.directory} after {SAVE_TRIES} tries "
-              f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); the last good checkpoint is "
+              f"({type(e).__name__}: {first_line}); the last good checkpoint is "
               f"{f'step {last[-1]}' if last else 'none'}; continue with --auto_resume") from e
-        log.warning("checkpoint of step %d failed (%s: %s); retrying", step, type(e).__name__, e)
+        log.warning("checkpoint of step %d failed (%s: %s); retrying", step, type(e).__name__, first_line)
         time.sleep(2.0 * attempt)
         self.manager = self._open()  # forget the failed attempt's bookkeeping
 
