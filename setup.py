@@ -48,6 +48,7 @@ setup(
             "dashjax-train=dashjax.cli.train:main",
             "dashjax-eval=dashjax.cli.eval:main",
             "dashjax-fit=dashjax.cli.fit:main",
+            "dashjax-plan=dashjax.cli.plan:main",
         ],
     },
 )

@@ -17,6 +17,11 @@ ALGOS = ("dash", "grpo", "pg", "ppo_multi", "ppo_mini")
 PREEMPTIVE = ("dash", "pg", "ppo_multi", "ppo_mini")  # one large sampling pass per batch
 
 
+def _size(default: int):
+  # A number or "auto", from a config file or --config.x.y=auto (a plain int field would refuse the string).
+  return ml_collections.FieldReference(default, field_type=object)
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = "rl"  # "rl" or "sft"
@@ -44,12 +49,13 @@ def base_config() -> ml_collections.ConfigDict:
       clip_eps=0.2,
       loss_aggregation="constant_length",  # token_mean, seq_mean, constant_length (the paper's dr_grpo)
   )
-  c.sampling = dict(batch_size=32, max_new_tokens=64, temperature=0.9, top_k=0, top_p=1.0, share_prefix=True,
+  # batch_size and micro_batch_size may be "auto": chosen at start-up by dashjax.parallel.plan
+  c.sampling = dict(batch_size=_size(32), max_new_tokens=64, temperature=0.9, top_k=0, top_p=1.0, share_prefix=True,
                     # continuous batching: rows that end stop costing decode compute (their slot takes a queued row,
                     # or live rows move into a smaller compiled batch); false: the static one-program sampler.
                     # slots: decode slots per call (0: every row of the call); min_slots: the smallest batch
                     continuous=True, slots=0, min_slots=4)
-  c.train = dict(micro_batch_size=4, num_steps=20, learning_rate=3e-6, lr_schedule="constant", warmup_steps=0,
+  c.train = dict(micro_batch_size=_size(4), num_steps=20, learning_rate=3e-6, lr_schedule="constant", warmup_steps=0,
                  weight_decay=0.0, max_grad_norm=1.0, seed=0, checkpoint_every=10, keep_checkpoints=2,
                  sft_epochs=1,
                  # Backprop runs each prompt once per group of G rows (exact; applies when micro_batch_size % G == 0)
@@ -203,6 +209,12 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
   for name, value in _non_finite_fields(c):
     raise ConfigError(f"{name}={value} must be a finite number")
   rl, tr, sp = c.rl, c.train, c.sampling
+  for name, v in (("sampling.batch_size", sp.batch_size), ("train.micro_batch_size", tr.micro_batch_size)):
+    if isinstance(v, str) and v.lower() == "auto":
+      raise ConfigError(f"{name}='auto' is chosen by the planner at start-up (dashjax-train, or "
+                        f"dashjax.parallel.plan.resolve(config) before Trainer); dashjax-plan shows its table")
+    if not isinstance(v, int) or isinstance(v, bool):
+      raise ConfigError(f"{name}={v!r} must be a whole number of rows or 'auto'")
   if c.mode not in ("rl", "sft"):
     raise ConfigError(f"mode={c.mode!r} must be 'rl' or 'sft'")
   if rl.algo not in ALGOS:

@@ -38,8 +38,18 @@ def _main(argv):
   if _CONFIG.value is None:
     print("dashjax-fit: error: --config is required (e.g. --config configs/qwen25_math.py:0.5b)", file=sys.stderr)
     return 2
+  config = _CONFIG.value
   try:
-    report = check(_CONFIG.value, topology=FLAGS.topology, programs_wanted=FLAGS.programs or None,
+    from dashjax.parallel import plan as size_plan
+
+    if size_plan.is_auto(config):  # what would run: the planner's sizes for this target
+      planned = size_plan.plan(config, topology=FLAGS.topology,
+                               progress=lambda m: print(f"planning batch sizes: {m} ...", file=sys.stderr, flush=True))
+      choice = planned["choice"]
+      config = size_plan.with_sizes(config, choice["sampling.batch_size"], choice["train.micro_batch_size"])
+      print(f"auto batch sizes: sampling.batch_size={choice['sampling.batch_size']}, train.micro_batch_size="
+            f"{choice['train.micro_batch_size']} (dashjax-plan shows the table)", file=sys.stderr, flush=True)
+    report = check(config, topology=FLAGS.topology, programs_wanted=FLAGS.programs or None,
                    decode_context=FLAGS.decode_context,
                    progress=lambda name: print(f"compiling {name} ...", file=sys.stderr, flush=True))
   except (ConfigError, FitError, ValueError) as e:

@@ -50,8 +50,14 @@ def _train() -> int:
   config = config_value(_CONFIG, sys.argv)
   if FLAGS.workdir is None:
     raise CliError("--workdir is required (where metrics, checkpoints and curve.png go)")
-  validate(config)
   import jax
+
+  from dashjax.parallel import plan as size_plan
+
+  if size_plan.is_auto(config):  # the sizes are chosen after the workdir is checked (a resumed run keeps its own)
+    validate(size_plan.with_sizes(config, *size_plan.allowed(config, jax.device_count())[0]))
+  else:
+    validate(config)
 
   from dashjax.store import paths
   from dashjax.store import workdir as run_folder
@@ -79,6 +85,8 @@ def _train() -> int:
     print(f"--auto_resume: {'continuing the run' if decision.resume else 'starting a new run'} in {workdir}",
           file=sys.stderr, flush=True)
 
+  if size_plan.is_auto(config):
+    config = _plan_sizes(config, workdir, decision.resume)
   if jax.process_index() == 0:
     paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   from dashjax.train.trainer import RunStopped, Trainer  # RL and SFT (config.mode) share one loop
@@ -96,6 +104,33 @@ def _train() -> int:
   if jax.process_index() == 0:
     _print_summary(summary)
   return 0
+
+
+def _plan_sizes(config, workdir: str, resume: bool):
+  """`auto` sizes: those the run chose before when it is resumed (its config.json), else the planner's, whose table is
+  printed and kept in the workdir as plan.json."""
+  import jax
+
+  from dashjax.parallel import plan as size_plan
+  from dashjax.store import paths
+
+  recorded = None
+  if resume and paths.exists(paths.join(workdir, "config.json")):
+    old = json.loads(paths.read_text(paths.join(workdir, "config.json")))
+    recorded = {"sampling.batch_size": old["sampling"]["batch_size"],
+                "train.micro_batch_size": old["train"]["micro_batch_size"]}
+    if any(not isinstance(v, int) for v in recorded.values()):
+      recorded = None
+    else:
+      print(f"{PROG}: auto batch sizes: the run's own, sampling.batch_size={recorded['sampling.batch_size']}, "
+            f"train.micro_batch_size={recorded['train.micro_batch_size']}", file=sys.stderr, flush=True)
+  say = (lambda m: print(f"{PROG}: planning batch sizes: {m} ...", file=sys.stderr, flush=True)) \
+      if jax.process_index() == 0 else None
+  config, report = size_plan.resolve(config, recorded=recorded, progress=say)
+  if report and jax.process_index() == 0:
+    print(size_plan.format_table(report), file=sys.stderr, flush=True)
+    paths.write_text(paths.join(workdir, "plan.json"), json.dumps(report, indent=2))
+  return config
 
 
 def _print_summary(summary: dict):

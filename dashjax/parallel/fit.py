@@ -292,7 +292,8 @@ def _decode_report(step: ProgramFit, chip, model_cfg, sampler_params, rows: int,
   rows_chip = rows // shards if rows % shards == 0 else rows  # rows split over (data, fsdp) when they divide evenly
   out = {"batch": rows, "context": context, "rows_per_chip": rows_chip, "predicted_s": step.predicted_s,
          "flops": step.flops, "bytes_accessed": step.bytes_accessed, "compile_s": round(step.compile_s, 2),
-         "error": step.error, "floor_s": None, "predicted_over_floor": None}
+         "error": step.error, "floor_s": None, "predicted_over_floor": None,
+         "program_bytes": step.program_bytes}
   if chip is None:
     return out
   leaves = jax.tree_util.tree_flatten_with_path(sampler_params)[0]

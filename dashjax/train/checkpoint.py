@@ -27,13 +27,16 @@ class CheckpointError(RuntimeError):
   """A checkpoint cannot be read or written; the message names it and what to do."""
 
 
-class _NoPreviousSaveWait(logging.Filter):
-  # Each save already waits for itself to finish, so Orbax's "waiting for previous save" note is only noise.
+class _OrbaxNoise(logging.Filter):
+  # Each save already waits for itself to finish, so Orbax's "waiting for previous save" note is only noise; a
+  # failed background save is logged by Orbax with its traceback and then raised to `save`, which says it in one
+  # line and retries or stops the run.
   def filter(self, record):
-    return "Waiting for previous save" not in record.getMessage()
+    msg = record.getMessage()
+    return "Waiting for previous save" not in msg and "_SignalingThread.run() raised an exception" not in msg
 
 
-logging.getLogger("absl").addFilter(_NoPreviousSaveWait())
+logging.getLogger("absl").addFilter(_OrbaxNoise())
 
 
 def _quiet_closed_loop(unraisable, _previous=sys.unraisablehook):
@@ -46,18 +49,24 @@ def _quiet_closed_loop(unraisable, _previous=sys.unraisablehook):
 
 sys.unraisablehook = _quiet_closed_loop
 
-_failed_saves = 0
+def _from_orbax(exc_info) -> bool:
+  tb = exc_info[2] if exc_info else None
+  while tb is not None:
+    if "orbax" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
 
 
-class _RetriedSaveFutures(logging.Filter):
+class _OrbaxUnreadFutures(logging.Filter):
   # A save that fails on one array (a bucket's transient error) leaves Orbax's futures for the other arrays
-  # unread; asyncio would print each one's traceback when it is collected, long after the retry has succeeded
-  # or stopped the run with its own one-line error.
+  # unread; asyncio prints each one's traceback when it is collected. The failure itself reaches `save`, which
+  # retries it or stops the run with one line, so these are dropped.
   def filter(self, record):
-    return not (_failed_saves and record.getMessage().startswith("Future exception was never retrieved"))
+    return not (record.getMessage().startswith("Future exception was never retrieved") and _from_orbax(record.exc_info))
 
 
-logging.getLogger("asyncio").addFilter(_RetriedSaveFutures())
+logging.getLogger("asyncio").addFilter(_OrbaxUnreadFutures())
 
 
 class Checkpointer:
@@ -94,8 +103,6 @@ class Checkpointer:
         self.manager.wait_until_finished()
         return
       except Exception as e:  # noqa: BLE001 -- storage clients raise many types
-        global _failed_saves
-        _failed_saves += 1
         first_line = str(e).splitlines()[0][:200] if str(e) else ""
         last = [s for s in finished_steps(self.directory) if s != step]
         if attempt == SAVE_TRIES:

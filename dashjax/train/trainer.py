@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import time
 
 import jax
@@ -28,6 +29,7 @@ from flax import nnx
 from dashjax.config import validate
 from dashjax.data import PromptFormatter, PromptIterator, load_examples
 from dashjax.models.loading import load_model
+from dashjax.parallel import plan as size_plan
 from dashjax.parallel.distributed import any_host, is_main_process
 from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, make_mesh, opt_state_shardings, param_shardings
 from dashjax.rewards import RewardPool
@@ -76,6 +78,9 @@ class Trainer:
     latest checkpoint is loaded if there is one, and nothing in `workdir` is created, truncated or appended to (no
     metrics, no eval.jsonl, no checkpoints). `resume_step`: resume from that checkpoint instead of the latest; the
     later ones are set aside (never deleted)."""
+    if size_plan.is_auto(config):  # a notebook's Trainer(config): dashjax-train has planned before it gets here
+      config, report = size_plan.resolve(config)
+      print(size_plan.format_table(report), file=sys.stderr, flush=True)
     self.config, self.workdir, self.read_only = config, workdir, read_only
     self.plan = validate(config, check_model_source=model_and_tokenizer is None)
     if not read_only:

@@ -1,0 +1,217 @@
+"""The planner's measurements of each axis (see `dashjax.parallel.plan`): memory and seconds of one sampler call at
+S rows and of one micro-step at m rows, on a TPU slice by the compiler's cost model or on local devices by running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dashjax.parallel.plan import PlanError, Side, probe_points, with_sizes
+
+PREDICTED_POINTS = 2  # sizes compiled per axis for a TPU slice (memory and cost are affine in rows)
+PROBE_TOKENS = 64  # a measured sampler call decodes at most this many tokens; longer calls are scaled from it
+
+
+def _pair_with(pairs, s=None, m=None, grpo=False):
+  """An allowed pair with sampler rows s (grpo: its micro-batch) and micro-batch m."""
+  for ps, pm in pairs:
+    if (s is None or (pm if grpo else ps) == s) and (m is None or pm == m):
+      return ps, pm
+  raise PlanError(f"no allowed pair with sampler rows {s} and micro-batch {m}")
+
+
+def _extrapolate(by_layers: dict, layers: int) -> float:
+  """A quantity compiled at 1 and 2 layers, at `layers` (affine in the layer count)."""
+  one, two = by_layers[1], by_layers[2]
+  return one + (layers - 1) * (two - one)
+
+
+def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
+  """Both axes from programs compiled for the slice at 1 and 2 layers and extrapolated to the model's."""
+  from dashjax.models.presets import model_config
+  from dashjax.parallel.fit import check, chip_memory
+
+  arch = model_config(c.model.source)
+  L = arch.num_layers
+  T, N = int(c.data.max_prompt_tokens), int(c.sampling.max_new_tokens)
+  grpo = c.rl.algo == "grpo"
+  sampler = {"memory": {}, "seconds": {}, "worst": {}}
+  learner = {"memory": {}, "seconds": {}, "worst": {}}
+  apply_l = {}
+  raw = {}  # (axis, size, layers) -> (bytes, seconds, worst)
+  for layers in (1, 2):
+    cfg_l = dataclasses.replace(arch, num_layers=layers)
+    for s in (probe_points(s_sizes, PREDICTED_POINTS) if c.mode == "rl" else []):
+      ps, pm = _pair_with(pairs, s=s, grpo=grpo)
+      cc = with_sizes(c, ps, pm)
+      say(f"sampler at {s} rows, {layers} layer(s)")
+      # The call's largest programs: start, and a decode step of the first (largest) bucket; the smaller buckets
+      # and compactions that follow need less. The static sampler's one program is compiled for its memory.
+      costing = cc if cc.sampling.continuous else _continuous(cc)
+      r = check(costing, topology=topology, programs_wanted=("decode",), model_cfg=cfg_l, decode_context=T + N // 2)
+      start = r["programs"].get("sampler/start", {})
+      mem = {"sampler/start": start.get("total_bytes", 0),
+             "sampler/decode_step": (r.get("decode") or {}).get("program_bytes", 0) + start.get("resident_bytes", 0)}
+      if not cc.sampling.continuous:
+        static = check(cc, topology=topology, programs_wanted=("sampler",), model_cfg=cfg_l)["programs"]["sampler"]
+        mem = {"sampler": static["total_bytes"]}
+      worst = max(mem, key=mem.get)
+      step = (r.get("decode") or {}).get("predicted_s")
+      if start.get("predicted_s") is None or step is None:
+        raise PlanError(f"the TPU cost model gave no time for the sampler at {s} rows "
+                        f"({start.get('error') or (r.get('decode') or {}).get('error') or 'no cost analysis'})")
+      raw["s", s, layers] = (mem[worst], start["predicted_s"] + (N - 1) * step, worst)
+    for m in sorted(m_sizes)[:PREDICTED_POINTS]:  # the smallest compile fastest; larger ones are extrapolated
+      ps, pm = _pair_with(pairs, m=m)
+      cc = with_sizes(c, ps, pm)
+      say(f"micro-step at {m} rows, {layers} layer(s)")
+      mem = check(cc, topology=topology, programs_wanted=("micro_step",), model_cfg=cfg_l)["programs"]["micro_step"]
+      # Loops are costed once per body: time is read from the unrolled step with one attention block and one chunk.
+      unrolled = _unrolled(cc, T + N)
+      t = check(unrolled, topology=topology, programs_wanted=("micro_step",), model_cfg=cfg_l)["programs"]["micro_step"]
+      if t["predicted_s"] is None:
+        raise PlanError(f"the TPU cost model gave no time for the micro-step at {m} rows ({t['error'][:200]})")
+      raw["m", m, layers] = (mem["total_bytes"], t["predicted_s"], "micro_step")
+    say(f"optimizer step, {layers} layer(s)")
+    r = check(cc, topology=topology, programs_wanted=("apply", "sampler_cast"), model_cfg=cfg_l)
+    apply_l[layers] = sum(p["predicted_s"] or 0.0 for p in r["programs"].values())
+  for (axis, size, layers), _ in list(raw.items()):
+    if layers != 1:
+      continue
+    side = sampler if axis == "s" else learner
+    side["memory"][size] = _extrapolate({k: raw[axis, size, k][0] for k in (1, 2)}, L)
+    side["seconds"][size] = _extrapolate({k: raw[axis, size, k][1] for k in (1, 2)}, L)
+    side["worst"][size] = raw[axis, size, 2][2]
+  if grpo or c.mode == "sft":  # grpo: the sampler side is indexed by its micro-batch; sft has no sampler call
+    sampler = sampler if sampler["memory"] else {"memory": {1: 0.0}, "seconds": {1: 0.0}, "worst": {1: "-"}}
+  return Side(**sampler), Side(**learner), _extrapolate(apply_l, L), chip_memory(devices[0])
+
+
+def _continuous(c):
+  out = c.copy_and_resolve_references()
+  with out.unlocked():
+    out.sampling.continuous = True
+  return out
+
+
+def _unrolled(c, context: int):
+  out = c.copy_and_resolve_references()
+  with out.unlocked():
+    out.train.scan_layers, out.train.logprob_chunk, out.train.attention_block = False, 0, int(context)
+  return out
+
+
+def measured_sides(c, devices, s_points, m_points, pairs, say):
+  """Both axes timed on the local devices with random weights (rows run to max_new_tokens: EOS is rare), memory
+  from the fit check's compile of the smallest and largest sizes."""
+  from flax import nnx
+
+  from dashjax.config import validate
+  from dashjax.models.compute import cast_floats
+  from dashjax.models.config import resolve_dtype
+  from dashjax.models.presets import model_config
+  from dashjax.models.transformer import Transformer
+  from dashjax.parallel.fit import check, chip_memory
+  from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, param_shardings
+  from dashjax.train import programs
+
+  arch = model_config(c.model.source)
+  T, N = int(c.data.max_prompt_tokens), int(c.sampling.max_new_tokens)
+  G = 1 if c.mode == "sft" else int(c.rl.samples_per_prompt)
+  grpo = c.rl.algo == "grpo"
+  dtype, param_dtype = resolve_dtype(c.model.dtype), resolve_dtype(c.model.get("param_dtype", "float32"))
+  first = with_sizes(c, *pairs[0])
+  mesh = make_mesh(validate(first, num_devices=len(devices), check_model_source=False).mesh_shape, devices)
+  say("random weights for the probe")
+  model = Transformer(arch, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  params = jax.device_put(state, param_shardings(state, mesh, LEARNER_RULES))
+  low = jax.device_put(cast_floats(state, dtype), param_shardings(state, mesh, SAMPLER_RULES))
+  rng = np.random.default_rng(0)
+  put = lambda x: jax.device_put(x, batch_sharding(mesh, x.ndim))  # noqa: E731
+
+  sampler = {"memory": {}, "seconds": {}, "worst": {}}
+  n_probe = min(N, PROBE_TOKENS)
+  for s in (s_points if c.mode == "rl" else []):
+    ps, pm = _pair_with(pairs, s=s, grpo=grpo)
+    cc = with_sizes(c, ps, pm)
+    with cc.unlocked():
+      cc.sampling.max_new_tokens = n_probe
+    say(f"sampler call at {s} rows ({n_probe} new tokens)")
+    fn = programs.train_sampler(cc, graphdef, (), 0)
+    tokens = put(rng.integers(1, arch.vocab_size, (s // G, T)).astype(np.int32))
+    valid = put(np.ones((s // G, T), bool))
+    key = jax.random.key(0)
+    jax.block_until_ready(fn(low, tokens, valid, key))  # compiles
+    t = _best_of(lambda: jax.block_until_ready(fn(low, tokens, valid, key)))
+    sampler["seconds"][s] = t * N / n_probe  # decode dominates a call: scaled to max_new_tokens
+  learner = {"memory": {}, "seconds": {}, "worst": {}}
+  opt = None
+  for m in m_points:
+    ps, pm = _pair_with(pairs, m=m)
+    cc = with_sizes(c, ps, pm)
+    plan_m = validate(cc, num_devices=len(devices), check_model_source=False)
+    opt = programs.optimizer(cc, plan_m)
+    lrn = programs.learner(cc, plan_m, graphdef, opt, mesh, jax.tree.map(lambda x: x.sharding, params))
+    say(f"micro-step at {m} rows")
+    mb = {"tokens": put(rng.integers(1, arch.vocab_size, (m, T + N)).astype(np.int32)),
+          "valid": put(np.ones((m, T + N), bool)), "weights": put(np.full((m, N), 1.0 / N, np.float32)),
+          "adv": put(np.ones((m,), np.float32)), "row_mask": put(np.ones((m,), bool)),
+          "old_logprobs": put(np.zeros((m, N), np.float32))}
+    ref = params if (c.mode == "rl" and c.rl.kl_beta > 0) else None
+    step = lambda: jax.block_until_ready(lrn.micro_step(params, lrn.zero_grads(params), ref, mb))  # noqa: E731
+    step()  # compiles
+    learner["seconds"][m] = _best_of(step)
+  say("optimizer step")
+  grads = lrn.zero_grads(params)
+  copy = jax.tree.map(jnp.copy, params)
+  opt_state = opt.init(copy)
+  copy, opt_state, _ = lrn.apply(copy, opt_state, grads)  # compiles
+  jax.block_until_ready(copy)
+
+  def apply_once():
+    nonlocal copy, opt_state
+    copy, opt_state, _ = lrn.apply(copy, opt_state, lrn.zero_grads(copy))
+    jax.block_until_ready(copy)
+
+  apply_s = _best_of(apply_once)
+  del copy, opt_state, params, low, state, model
+  # Memory: the fit check's compile at the smallest and largest sizes of each axis (the rest interpolated).
+  ends = [(s, m) for s, m in zip(_ends(s_points), _ends(m_points))] if s_points else [(None, m) for m in _ends(m_points)]
+  for s, m in dict.fromkeys(ends):
+    try:
+      ps, pm = _pair_with(pairs, s=s, m=m, grpo=grpo)
+    except PlanError:  # the two ends do not pair: the micro-batch's end alone
+      ps, pm = _pair_with(pairs, m=m)
+    say(f"memory at sampler rows {ps}, micro-batch {pm}")
+    r = check(with_sizes(c, ps, pm), devices, programs_wanted=("sampler", "micro_step"), decode_context=0)["programs"]
+    samp = {k: v for k, v in r.items() if k.startswith("sampler")}
+    if samp:
+      worst = max(samp, key=lambda k: samp[k]["total_bytes"])
+      key = pm if grpo else ps
+      sampler["memory"][key], sampler["worst"][key] = samp[worst]["total_bytes"], worst
+    learner["memory"][pm], learner["worst"][pm] = r["micro_step"]["total_bytes"], "micro_step"
+  if not sampler["seconds"]:
+    sampler = {"memory": {1: 0.0}, "seconds": {1: 0.0}, "worst": {1: "-"}}
+  elif not sampler["memory"]:
+    sampler["memory"], sampler["worst"] = {1: 0.0}, {1: "-"}
+  return Side(**sampler), Side(**learner), apply_s, chip_memory(devices[0])
+
+
+def _ends(points):
+  return [min(points), max(points)]
+
+
+def _best_of(fn, reps: int = 2) -> float:
+  """The least of `reps` timed runs (a shared machine only ever adds time)."""
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best

@@ -1,0 +1,145 @@
+"""The batch-size planner: the sizes it may choose, its arithmetic and choice, the layer extrapolation it relies on
+for TPU slices, and `auto` through dashjax-train (plan.json, config.json, a resumed run keeping its sizes)."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dashjax.config import ConfigError
+from dashjax.parallel import plan as size_plan
+from dashjax.parallel.plan import PlanError, Side
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.py")
+
+
+def _tiny(**overrides):
+  sys.path.insert(0, REPO)
+  from configs import tiny
+
+  c = tiny.get_config()
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
+
+
+def test_candidates_are_exactly_the_sizes_the_batch_rules_allow():
+  # R = 4 prompts x 4 samples = 16 rows: sampler calls hold whole groups, micro-batches divide R.
+  c = _tiny(**{"sampling.batch_size": "auto", "train.micro_batch_size": "auto"})
+  assert size_plan.allowed(c, 1) == [(s, m) for s in (4, 8, 16) for m in (1, 2, 4, 8, 16)]
+  # Two chips: rows split over them, so calls of one prompt and odd micro-batches are out.
+  assert size_plan.allowed(c, 2) == [(s, m) for s in (8, 16) for m in (2, 4, 8, 16)]
+  # grpo samples one micro-batch per call: whole groups per micro-batch, the sampler size follows it.
+  grpo = _tiny(**{"rl.algo": "grpo", "train.micro_batch_size": "auto"})
+  assert [m for _, m in size_plan.allowed(grpo, 1)] == [4, 8, 16]
+  # A set field stays set; `free` plans it anyway (dashjax-plan).
+  fixed = _tiny(**{"train.micro_batch_size": "auto"})
+  assert size_plan.allowed(fixed, 1) == [(16, m) for m in (1, 2, 4, 8, 16)]
+  assert len(size_plan.allowed(fixed, 1, free=True)) == 15
+  with pytest.raises(ConfigError, match="must be divisible by mesh.data"):
+    size_plan.allowed(_tiny(**{"train.micro_batch_size": "auto", "rl.prompts_per_step": 1,
+                               "sampling.batch_size": 4}), 8)
+
+
+def test_validate_names_an_unresolved_auto():
+  with pytest.raises(ConfigError, match="sampling.batch_size='auto' is chosen by the planner"):
+    from dashjax.config import validate
+
+    validate(_tiny(**{"sampling.batch_size": "auto"}), num_devices=1, check_model_source=False)
+
+
+def test_update_time_memory_and_choice_from_the_two_axes():
+  c = _tiny(**{"sampling.batch_size": "auto", "train.micro_batch_size": "auto"})
+  pairs = size_plan.allowed(c, 1)
+  GiB = 2 ** 30
+  # A call costs 1 s + 0.1 s per row; a micro-step 0.2 s + 0.1 s per row: large calls and large micro-batches win
+  # until memory (1 GiB per sampler row, 2 GiB per micro-batch row, 20 GiB chip, 10% margin) rules them out.
+  sampler = Side(memory={4: 4 * GiB, 16: 16 * GiB}, seconds={4: 1.4, 16: 2.6}, worst={4: "sampler", 16: "sampler"})
+  learner = Side(memory={1: 2 * GiB, 16: 32 * GiB}, seconds={1: 0.3, 16: 1.8}, worst={1: "micro_step",
+                                                                                      16: "micro_step"})
+  rows, best = size_plan.choose(c, pairs, sampler, learner, apply_s=0.5, capacity=20 * GiB, margin=0.1,
+                                source="measured")
+  by = {(r["sampling.batch_size"], r["train.micro_batch_size"]): r for r in rows}
+  # (8, 4): 2 calls x (1 + 0.8) + 4 micro-steps x (0.2 + 0.4) + 0.5
+  assert by[8, 4]["update_s"] == pytest.approx(2 * 1.8 + 4 * 0.6 + 0.5)
+  assert by[8, 4]["memory_bytes"] == 8 * GiB and by[8, 4]["fits"]
+  assert not by[16, 16]["fits"] and not by[4, 16]["fits"]  # 32 GiB micro-step
+  assert by[16, 8]["memory_bytes"] == 16 * GiB and by[16, 8]["fits"]  # 18 GiB limit
+  fitting = [r for r in rows if r["fits"]]
+  assert best["update_s"] == min(r["update_s"] for r in fitting)
+  assert (best["sampling.batch_size"], best["train.micro_batch_size"]) == (16, 8)
+  # Nothing fits: one line naming the smallest candidate's worst program and its bytes against the chip's.
+  with pytest.raises(PlanError) as e:
+    size_plan.choose(c, pairs, sampler, learner, apply_s=0.5, capacity=2 * GiB, margin=0.1, source="measured")
+  msg = str(e.value)
+  assert "\n" not in msg and "no allowed batch size fits" in msg and "sampler" in msg
+  assert "4.00 GiB" in msg and "2.00 GiB" in msg and "sampling.batch_size=4" in msg
+
+
+def test_interpolation_and_probe_points():
+  assert size_plan.interpolate({4: 1.0, 16: 4.0}, 8) == pytest.approx(2.0)
+  assert size_plan.interpolate({4: 1.0, 16: 4.0}, 32) == pytest.approx(8.0)  # extended past the end
+  assert size_plan.interpolate({4: 1.0, 8: 3.0, 16: 4.0}, 6) == pytest.approx(2.0)
+  assert size_plan.interpolate({8: 5.0}, 2) == 5.0
+  assert size_plan.probe_points([1, 2, 4, 8, 16, 32, 64, 128, 256], 4)[::3] == [1, 256]
+  assert len(size_plan.probe_points([1, 2, 4, 8, 16, 32, 64, 128, 256], 4)) == 4
+  assert size_plan.probe_points([8, 4], 4) == [4, 8]
+
+
+def test_tpu_cost_and_memory_are_affine_in_layers():
+  """The planner compiles a slice's programs at 1 and 2 layers and extrapolates to the model's: the micro-step's
+  memory, flops and bytes at 3 layers must match that extrapolation."""
+  pytest.importorskip("libtpu")
+  from dashjax.models.presets import model_config
+  from dashjax.parallel.fit import check
+
+  c = _tiny(**{"rl.prompts_per_step": 8, "eval.batch_size": 8, "train.micro_batch_size": 8})
+  arch = model_config(c.model.source)
+  got = {}
+  for layers in (1, 2, 3):
+    r = check(c, topology="v5e:2x2", programs_wanted=("micro_step",),
+              model_cfg=dataclasses.replace(arch, num_layers=layers))["programs"]["micro_step"]
+    got[layers] = r
+  for key in ("total_bytes", "flops", "bytes_accessed"):
+    one, two, three = (float(got[k][key]) for k in (1, 2, 3))
+    assert three == pytest.approx(one + 2 * (two - one), rel=0.05), key
+
+
+def _train(tmp_path, workdir, *extra):
+  return subprocess.run([sys.executable, "-m", "dashjax.cli.train", f"--config={TINY}", f"--workdir={workdir}",
+                         "--noprogress", "--config.train.checkpoint_every=1", *extra], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_auto_sizes_through_dashjax_train_and_a_resume_keeps_the_runs_own(tmp_path):
+  auto = ["--config.sampling.batch_size=auto", "--config.train.micro_batch_size=auto"]
+  # R = 2 prompts x 4 samples = 8 rows: 2 sampler sizes x 4 micro-batches
+  run = _train(tmp_path, tmp_path / "a", "--config.train.num_steps=1", "--config.rl.prompts_per_step=2", *auto)
+  assert run.returncode == 0, run.stderr[-3000:]
+  plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+  cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+  chosen = (cfg["sampling"]["batch_size"], cfg["train"]["micro_batch_size"])
+  assert chosen == (plan["choice"]["sampling.batch_size"], plan["choice"]["train.micro_batch_size"])
+  assert plan["source"] == "measured" and len(plan["candidates"]) == 8
+  assert min(r["update_s"] for r in plan["candidates"] if r["fits"]) == pytest.approx(
+      next(r["update_s"] for r in plan["candidates"]
+           if (r["sampling.batch_size"], r["train.micro_batch_size"]) == chosen))
+  assert "<- chosen" in run.stderr
+
+  # A run started with set sizes and continued with `auto` keeps its own sizes: no new plan.
+  run = _train(tmp_path, tmp_path / "b", "--config.train.num_steps=1", "--config.sampling.batch_size=4",
+               "--config.train.micro_batch_size=1")
+  assert run.returncode == 0, run.stderr[-3000:]
+  run = _train(tmp_path, tmp_path / "b", "--config.train.num_steps=2", "--resume", *auto)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "sampling.batch_size=4, train.micro_batch_size=1" in run.stderr and "<- chosen" not in run.stderr
+  cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+  assert (cfg["sampling"]["batch_size"], cfg["train"]["micro_batch_size"]) == (4, 1)
+  assert not (tmp_path / "b" / "plan.json").exists()
+  steps = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+  assert [s["step"] for s in steps] == [1, 2] and steps[1]["sampler_calls"] == 4  # 16 rows, 4 per call
