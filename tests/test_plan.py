@@ -92,22 +92,26 @@ def test_interpolation_and_probe_points():
 
 
 def test_tpu_cost_and_memory_are_affine_in_layers():
-  """The planner compiles a slice's programs at 1 and 2 layers and extrapolates to the model's: the micro-step's
-  memory, flops and bytes at 3 layers must match that extrapolation."""
+  """For a slice the planner compiles the programs at 8 and 16 layers and extrapolates to the model's: the
+  micro-step's memory at 24 layers, with the paper configs' settings (layers scanned, remat), must match that
+  extrapolation. (Unrolled, from 2 and 4 layers, it would be off by 13%: there the compiler needs no temporary
+  buffers at all.)"""
   pytest.importorskip("libtpu")
   from dashjax.models.presets import model_config
   from dashjax.parallel.fit import check
+  from dashjax.parallel.plan_probe import _extrapolate, layer_counts
 
-  c = _tiny(**{"rl.prompts_per_step": 8, "eval.batch_size": 8, "train.micro_batch_size": 8})
+  assert layer_counts(2) == (2,) and layer_counts(24) == (8, 16)
+  c = _tiny(**{"rl.prompts_per_step": 8, "eval.batch_size": 8, "train.micro_batch_size": 8,
+               "train.scan_layers": True, "train.remat": "full"})
   arch = model_config(c.model.source)
   got = {}
-  for layers in (1, 2, 3):
-    r = check(c, topology="v5e:2x2", programs_wanted=("micro_step",),
-              model_cfg=dataclasses.replace(arch, num_layers=layers))["programs"]["micro_step"]
-    got[layers] = r
-  for key in ("total_bytes", "flops", "bytes_accessed"):
-    one, two, three = (float(got[k][key]) for k in (1, 2, 3))
-    assert three == pytest.approx(one + 2 * (two - one), rel=0.05), key
+  for layers in (8, 16, 24):
+    got[layers] = check(c, topology="v5e:2x2", programs_wanted=("micro_step",),
+                        model_cfg=dataclasses.replace(arch, num_layers=layers))["programs"]["micro_step"]
+  for key in ("total_bytes",):  # within the 10% margin the planner keeps (measured: 3%)
+    guess = _extrapolate({k: float(got[k][key]) for k in (8, 16)}, 24)
+    assert float(got[24][key]) == pytest.approx(guess, rel=0.05), key
 
 
 def _train(tmp_path, workdir, *extra):

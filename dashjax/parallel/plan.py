@@ -10,8 +10,9 @@ takes the one with the least time per update; ties go to less memory.
 Sampler and learner are separable: call_s and the sampler's memory depend on S alone, step_s and the micro-step's
 memory on m alone, so each is found at a few sizes and interpolated (memory and time are close to affine in rows).
 - `predicted` (a TPU topology, no TPU needed): the TPU compiler's memory and cost analysis of the programs compiled
-  at 1 and 2 layers and extrapolated to the model's (both are affine in layers: each layer adds its weights, cache
-  and activations); every row is assumed to run to `sampling.max_new_tokens`, decode costed at the mean context.
+  at 8 and 16 layers and extrapolated to the model's (both are affine in layers past the few a chip's on-chip memory
+  can hold: each layer adds its weights, cache and activations); every row is assumed to run to
+  `sampling.max_new_tokens`, decode costed at the mean context.
 - `measured` (local devices): the programs are run on random weights at those sizes and timed (random weights
   rarely emit EOS, so rows run to max_new_tokens here too); memory from the same compiles.
 Dash's filtering only shortens backprop, so the plan (all rows kept) is an upper bound on its update.

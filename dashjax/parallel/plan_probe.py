@@ -25,14 +25,25 @@ def _pair_with(pairs, s=None, m=None, grpo=False):
   raise PlanError(f"no allowed pair with sampler rows {s} and micro-batch {m}")
 
 
+# Layer counts compiled for a slice: the model's own when it has at most 16, else 8 and 16, extrapolated. Not 1 and
+# 2: a model that small keeps its weights in the chip's on-chip memory through the decode loop (v5e: 128 MiB), which
+# the full model cannot, and its small temporaries need no buffers; past a few layers each layer adds a steady cost
+# (Qwen2.5-0.5B decode: 4 and 8 layers extrapolate to 4.44 GB per step, 24 layers compiled: 4.40 GB; 1 and 2 layers
+# extrapolate to 2.07 GB) and steady temporaries (tests/test_plan.py).
+def layer_counts(layers: int) -> tuple[int, ...]:
+  return (layers,) if layers <= 16 else (8, 16)
+
+
 def _extrapolate(by_layers: dict, layers: int) -> float:
-  """A quantity compiled at 1 and 2 layers, at `layers` (affine in the layer count)."""
-  one, two = by_layers[1], by_layers[2]
-  return one + (layers - 1) * (two - one)
+  """A quantity compiled at the layer counts of `layer_counts`, at `layers` (affine in the layer count)."""
+  if len(by_layers) == 1:
+    return next(iter(by_layers.values()))
+  (a, qa), (b, qb) = sorted(by_layers.items())
+  return qa + (layers - a) * (qb - qa) / (b - a)
 
 
 def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
-  """Both axes from programs compiled for the slice at 1 and 2 layers and extrapolated to the model's."""
+  """Both axes from programs compiled for the slice at `layer_counts` and extrapolated to the model's."""
   from dashjax.models.presets import model_config
   from dashjax.parallel.fit import check, chip_memory
 
@@ -44,7 +55,8 @@ def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
   learner = {"memory": {}, "seconds": {}, "worst": {}}
   apply_l = {}
   raw = {}  # (axis, size, layers) -> (bytes, seconds, worst)
-  for layers in (1, 2):
+  counts = layer_counts(L)
+  for layers in counts:
     cfg_l = dataclasses.replace(arch, num_layers=layers)
     for s in (probe_points(s_sizes, PREDICTED_POINTS) if c.mode == "rl" else []):
       ps, pm = _pair_with(pairs, s=s, grpo=grpo)
@@ -81,12 +93,12 @@ def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
     r = check(cc, topology=topology, programs_wanted=("apply", "sampler_cast"), model_cfg=cfg_l)
     apply_l[layers] = sum(p["predicted_s"] or 0.0 for p in r["programs"].values())
   for (axis, size, layers), _ in list(raw.items()):
-    if layers != 1:
+    if layers != counts[0]:
       continue
     side = sampler if axis == "s" else learner
-    side["memory"][size] = _extrapolate({k: raw[axis, size, k][0] for k in (1, 2)}, L)
-    side["seconds"][size] = _extrapolate({k: raw[axis, size, k][1] for k in (1, 2)}, L)
-    side["worst"][size] = raw[axis, size, 2][2]
+    side["memory"][size] = _extrapolate({k: raw[axis, size, k][0] for k in counts}, L)
+    side["seconds"][size] = _extrapolate({k: raw[axis, size, k][1] for k in counts}, L)
+    side["worst"][size] = raw[axis, size, counts[-1]][2]
   if grpo or c.mode == "sft":  # grpo: the sampler side is indexed by its micro-batch; sft has no sampler call
     sampler = sampler if sampler["memory"] else {"memory": {1: 0.0}, "seconds": {1: 0.0}, "worst": {1: "-"}}
   return Side(**sampler), Side(**learner), _extrapolate(apply_l, L), chip_memory(devices[0])
