@@ -31,7 +31,7 @@ SINGLE_CHIP = {"sampling.batch_size": 64, "train.micro_batch_size": 4, "eval.bat
 
 def config(size, **overrides):
   c = qwen25_math.get_config(size)
-  for key, value in overrides.items():
+  for key, value in {**qwen25_math.HAND_SET, **overrides}.items():  # the sizes used before the planner
     section, field = key.split(".")
     c[section][field] = value
   return c

@@ -37,7 +37,7 @@ PAPER_DASH_OVER_GRPO = 0.17  # the paper's GPU figure for the same workload
 
 def config(size, **overrides):
   c = qwen25_math.get_config(size)
-  for key, value in overrides.items():
+  for key, value in {**qwen25_math.HAND_SET, **overrides}.items():  # the sizes used before the planner
     section, field = key.split(".")
     c[section][field] = value
   return c

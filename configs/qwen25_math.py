@@ -7,6 +7,7 @@ feeds the raw problem text (no chat template, no instruction) and grades the las
 
 from dashjax.config import base_config
 
+HAND_SET = {"sampling.batch_size": 256, "train.micro_batch_size": 8}
 MODELS = {"0.5b": "Qwen/Qwen2.5-0.5B", "1.5b": "Qwen/Qwen2.5-1.5B", "3b": "Qwen/Qwen2.5-3B"}
 
 
@@ -32,10 +33,13 @@ def get_config(size: str = "0.5b"):
   c.rl.filter_threshold = 0.1
   c.rl.kl_beta = 0.0  # the paper's best variant (No-KL); 0.04 reproduces its "DASH with KL"
   c.rl.loss_aggregation = "constant_length"
-  c.sampling.batch_size = 256
+  # Rows per sampler call and per micro-step: chosen at start-up by the planner for the chips the run has (a
+  # resumed run keeps its own); `dashjax-plan --config configs/qwen25_math.py:0.5b --topology v5e:2x4` shows the
+  # table without a TPU. HAND_SET are the sizes used before the planner (docs/paper_scale.md compares them).
+  c.sampling.batch_size = "auto"
   c.sampling.max_new_tokens = 2048
   c.sampling.temperature = 0.9
-  c.train.micro_batch_size = 8
+  c.train.micro_batch_size = "auto"
   # Memory for 2304-token rows (see docs/paper_scale.md): recompute each layer in backprop, project the 151936-id
   # vocabulary 256 positions at a time, blockwise attention on TPU (cuDNN on GPU).
   c.train.remat = "full"

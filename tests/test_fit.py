@@ -18,7 +18,7 @@ def _qwen_config(**overrides):
   from configs import qwen25_math
 
   c = qwen25_math.get_config("0.5b")
-  for key, value in overrides.items():
+  for key, value in {**qwen25_math.HAND_SET, **overrides}.items():
     section, field = key.split(".")
     c[section][field] = value
   return c
