@@ -80,18 +80,31 @@ def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
       raw["s", s, layers] = (mem[worst], start["predicted_s"] + (N - 1) * step, worst)
     for m in sorted(m_sizes)[:PREDICTED_POINTS]:  # the smallest compile fastest; larger ones are extrapolated
       ps, pm = _pair_with(pairs, m=m)
+      say(f"micro-step memory at {m} rows, {layers} layers")
+      mem = check(with_sizes(c, ps, pm), topology=topology, programs_wanted=("micro_step",),
+                  model_cfg=cfg_l)["programs"]["micro_step"]
+      raw["m", m, layers] = (mem["total_bytes"], None, "micro_step")
+  # Time of the micro-step and the optimizer step: loops are costed once per body, so from the unrolled step with one
+  # attention block and one log-prob chunk, at 1 and 2 layers. Its FLOPs, which bound it at these row counts, are
+  # exactly affine in layers, so the small compiles serve (unlike the decode step's bytes, above).
+  micro_l, apply_l = {}, {}
+  for layers in (1, 2):
+    cfg_l = dataclasses.replace(arch, num_layers=layers)
+    for m in sorted(m_sizes)[:PREDICTED_POINTS]:
+      ps, pm = _pair_with(pairs, m=m)
       cc = with_sizes(c, ps, pm)
-      say(f"micro-step at {m} rows, {layers} layer(s)")
-      mem = check(cc, topology=topology, programs_wanted=("micro_step",), model_cfg=cfg_l)["programs"]["micro_step"]
-      # Loops are costed once per body: time is read from the unrolled step with one attention block and one chunk.
-      unrolled = _unrolled(cc, T + N)
-      t = check(unrolled, topology=topology, programs_wanted=("micro_step",), model_cfg=cfg_l)["programs"]["micro_step"]
+      say(f"micro-step time at {m} rows, {layers} layer(s)")
+      t = check(_unrolled(cc, T + N), topology=topology, programs_wanted=("micro_step",),
+                model_cfg=cfg_l)["programs"]["micro_step"]
       if t["predicted_s"] is None:
         raise PlanError(f"the TPU cost model gave no time for the micro-step at {m} rows ({t['error'][:200]})")
-      raw["m", m, layers] = (mem["total_bytes"], t["predicted_s"], "micro_step")
+      micro_l[m, layers] = t["predicted_s"]
     say(f"optimizer step, {layers} layer(s)")
     r = check(cc, topology=topology, programs_wanted=("apply", "sampler_cast"), model_cfg=cfg_l)
     apply_l[layers] = sum(p["predicted_s"] or 0.0 for p in r["programs"].values())
+  for (axis, size, layers), (b, _, w) in list(raw.items()):
+    if axis == "m":
+      raw[axis, size, layers] = (b, _extrapolate({k: micro_l[size, k] for k in (1, 2)}, layers), w)
   for (axis, size, layers), _ in list(raw.items()):
     if layers != counts[0]:
       continue
