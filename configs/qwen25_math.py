@@ -35,7 +35,7 @@ def get_config(size: str = "0.5b"):
   c.rl.loss_aggregation = "constant_length"
   # Rows per sampler call and per micro-step: chosen at start-up by the planner for the chips the run has (a
   # resumed run keeps its own); `dashjax-plan --config configs/qwen25_math.py:0.5b --topology v5e:2x4` shows the
-  # table without a TPU. HAND_SET are the sizes used before the planner (docs/paper_scale.md compares them).
+  # table without a TPU. HAND_SET are the sizes used before the planner (on v5e:2x4 the planner chooses them for 0.5b).
   c.sampling.batch_size = "auto"
   c.sampling.max_new_tokens = 2048
   c.sampling.temperature = 0.9

@@ -85,8 +85,9 @@ def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
                   model_cfg=cfg_l)["programs"]["micro_step"]
       raw["m", m, layers] = (mem["total_bytes"], None, "micro_step")
   # Time of the micro-step and the optimizer step: loops are costed once per body, so from the unrolled step with one
-  # attention block and one log-prob chunk, at 1 and 2 layers. Its FLOPs, which bound it at these row counts, are
-  # exactly affine in layers, so the small compiles serve (unlike the decode step's bytes, above).
+  # attention block and one log-prob chunk, at 1 and 2 layers (its FLOPs are exactly affine in layers). Known bias:
+  # this variant holds the whole completion's logits at once, so its bytes, and the time of large micro-batches,
+  # are overstated against the chunked step that runs.
   micro_l, apply_l = {}, {}
   for layers in (1, 2):
     cfg_l = dataclasses.replace(arch, num_layers=layers)
