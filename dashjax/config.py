@@ -13,8 +13,7 @@ import math
 import jax
 import ml_collections
 
-ALGOS = ("dash", "grpo", "pg", "ppo_multi", "ppo_mini")
-PREEMPTIVE = ("dash", "pg", "ppo_multi", "ppo_mini")  # one large sampling pass per batch
+# The algorithms (rl.algo) and their own checks: dashjax.rl.algorithms.
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -205,8 +204,9 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
   rl, tr, sp = c.rl, c.train, c.sampling
   if c.mode not in ("rl", "sft"):
     raise ConfigError(f"mode={c.mode!r} must be 'rl' or 'sft'")
-  if rl.algo not in ALGOS:
-    raise ConfigError(f"rl.algo={rl.algo!r} is not one of {ALGOS}")
+  from dashjax.rl.algorithms import algorithm
+
+  algo = algorithm(c)
   P, G, mb, sb = rl.prompts_per_step, rl.samples_per_prompt, tr.micro_batch_size, sp.batch_size
   for name, v in (("rl.prompts_per_step", P), ("rl.samples_per_prompt", G), ("train.micro_batch_size", mb),
                   ("sampling.batch_size", sb), ("train.num_steps", tr.num_steps),
@@ -215,47 +215,12 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
                                                                    c.data.max_prompt_tokens)):
     if int(v) < 1:
       raise ConfigError(f"{name}={v} must be >= 1")
-  if c.mode == "sft":
-    # One gold completion per prompt; the sampler only runs for evaluation.
-    if P % mb:
-      raise ConfigError(f"mode='sft' trains on rl.prompts_per_step={P} gold completions per step; "
-                        f"train.micro_batch_size={mb} must divide it")
-    G, sampler_rows = 1, sb
+  algo.check()
+  G, sampler_rows = algo.group_size, algo.sampler_rows
   R = P * G
   if R % mb:
     raise ConfigError(f"train.micro_batch_size={mb} must divide rl.prompts_per_step * rl.samples_per_prompt = "
                       f"{P} * {G} = {R} rows per batch")
-  if c.mode == "sft":
-    pass
-  elif rl.algo == "grpo":
-    # The paper's standard GRPO samples one micro-batch at a time: each call must hold whole groups.
-    if mb % G:
-      raise ConfigError(f"rl.algo='grpo' samples one micro-batch per sampler call, so train.micro_batch_size={mb} "
-                        f"must be a multiple of rl.samples_per_prompt={G} (whole groups per call)")
-    sampler_rows = mb
-  else:
-    if sb % G:
-      raise ConfigError(f"sampling.batch_size={sb} must be a multiple of rl.samples_per_prompt={G} so that each "
-                        f"sampler call holds whole groups")
-    if R % sb:
-      raise ConfigError(f"sampling.batch_size={sb} must divide rl.prompts_per_step * rl.samples_per_prompt = "
-                        f"{P} * {G} = {R}; e.g. set sampling.batch_size={R} for one call per batch")
-    sampler_rows = sb
-  if rl.updates_per_batch > 1 and rl.algo != "ppo_mini":
-    raise ConfigError(f"rl.updates_per_batch={rl.updates_per_batch} > 1 needs rl.algo='ppo_mini'")
-  if rl.epochs_per_batch > 1 and rl.algo != "ppo_multi":
-    raise ConfigError(f"rl.epochs_per_batch={rl.epochs_per_batch} > 1 needs rl.algo='ppo_multi'")
-  if rl.algo == "ppo_mini":
-    U = rl.updates_per_batch
-    if P % U:
-      raise ConfigError(f"rl.updates_per_batch={U} must divide rl.prompts_per_step={P} (each mini-batch holds "
-                        f"whole groups)")
-    if (R // U) % mb:
-      raise ConfigError(f"train.micro_batch_size={mb} must divide the mini-batch of {R // U} rows "
-                        f"(rl.prompts_per_step * rl.samples_per_prompt / rl.updates_per_batch)")
-  if c.mode == "rl" and sp.temperature <= 0:
-    raise ConfigError(f"sampling.temperature={sp.temperature} must be > 0 for RL (the learner's log-probs are of "
-                      f"softmax(logits / T)); use eval.temperature=0 for greedy evaluation")
   if rl.filter_threshold < 0:
     raise ConfigError(f"rl.filter_threshold={rl.filter_threshold} must be >= 0")
   choices = {"rl.filter_normalization": (rl.filter_normalization, ("sampled", "kept")),
@@ -285,8 +250,6 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
   for name, (value, allowed) in choices.items():
     if value not in allowed:
       raise ConfigError(f"{name}={value!r} is not one of {allowed}")
-  if rl.advantage == "rloo" and G < 2:
-    raise ConfigError("rl.advantage='rloo' needs rl.samples_per_prompt >= 2")
   if rl.kl_beta < 0:
     raise ConfigError(f"rl.kl_beta={rl.kl_beta} must be >= 0 (0 disables the KL term and the reference model)")
   if tr.learning_rate <= 0:
@@ -297,10 +260,10 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
     raise ConfigError(f"train.micro_batch_size={mb} must be divisible by mesh.data * mesh.fsdp = {rows_axis} "
                       f"(micro-batch rows are sharded over those axes)")
   if (sampler_rows // G) % rows_axis:
-    raise ConfigError(f"each sampler call holds {sampler_rows // G} prompts ({'train.micro_batch_size' if rl.algo == 'grpo' else 'sampling.batch_size'} "
+    raise ConfigError(f"each sampler call holds {sampler_rows // G} prompts ({algo.sampler_rows_field} "
                       f"/ rl.samples_per_prompt), which must be divisible by mesh.data * mesh.fsdp = {rows_axis}")
   prompt_group = 1
-  if c.mode == "rl" and tr.get("share_prompts", True) and G > 1 and mb % G == 0:
+  if tr.get("share_prompts", True) and G > 1 and mb % G == 0:
     prompt_group = G
   eval_prompts = max(1, c.eval.batch_size // max(c.eval.samples, 1))
   if eval_prompts % rows_axis:
@@ -309,4 +272,4 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
   return BatchPlan(rows_per_batch=R, sampler_rows=sampler_rows, sampler_calls=R // sampler_rows,
                    micro_batch_size=mb, micro_steps_unfiltered=R // mb,
                    updates_per_batch=rl.updates_per_batch, epochs_per_batch=rl.epochs_per_batch,
-                   filtering=(rl.algo == "dash"), learner_prompt_group=prompt_group, mesh_shape=mesh_shape)
+                   filtering=algo.filtering, learner_prompt_group=prompt_group, mesh_shape=mesh_shape)

@@ -15,6 +15,7 @@ import jax
 from dashjax.models.compute import ComputeOptions, cast_floats
 from dashjax.models.config import resolve_dtype
 from dashjax.parallel.mesh import LEARNER_RULES, fsdp_gather, row_constraint
+from dashjax.rl.algorithms import algorithm
 from dashjax.sampling import Sampler, SamplingConfig, make_sampler
 from dashjax.train.learner import Learner, LossConfig, make_optimizer
 
@@ -28,11 +29,7 @@ def compute_options(config, mesh) -> ComputeOptions:
 
 
 def loss_config(config) -> LossConfig:
-  c = config
-  if c.mode == "sft":  # plain likelihood of the gold tokens: no temperature, ratio or KL
-    return LossConfig(temperature=1.0, on_policy=True)
-  return LossConfig(temperature=c.sampling.temperature, on_policy=c.rl.algo not in ("ppo_multi", "ppo_mini"),
-                    clip_eps=c.rl.clip_eps, kl_beta=c.rl.kl_beta, kl_estimator=c.rl.kl_estimator)
+  return LossConfig(**algorithm(config).loss_fields())
 
 
 def optimizer(config, plan):

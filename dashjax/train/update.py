@@ -10,6 +10,7 @@ import numpy as np
 
 from dashjax.parallel.distributed import put
 from dashjax.parallel.mesh import batch_sharding
+from dashjax.rl.algorithms import Part
 from dashjax.rl.batching import pack_micro_batches, token_weights
 from dashjax.train.learner import STAT_KEYS
 
@@ -58,15 +59,21 @@ class Updater:
     result.micro_steps += mbs.num_micro
     return grads
 
-  def step(self, params, opt_state, ref_params, batch, adv, rows, rows_counted, result: UpdateResult):
-    """One optimizer update from `rows` (or a skipped update, said so in the result, when `rows` is empty)."""
+  def update(self, params, opt_state, ref_params, parts, result: UpdateResult):
+    """One optimizer update from the rows of `parts` (an algorithm's `Part`s; a skipped update, said so in the
+    result, when no part has a row). Drawing the next part may sample (grpo): that time is not the update's."""
+    grads = None
+    for part in parts:
+      t0 = time.perf_counter()
+      if len(part.rows):
+        grads = self.learner.zero_grads(params) if grads is None else grads
+        weights = self.weights(part.batch, part.rows, part.counted) * part.scale
+        grads = self.accumulate(params, grads, ref_params, part.batch, part.adv_R, weights, part.rows, result)
+      result.seconds += time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = np.asarray(rows)
-    if len(rows) == 0:
+    if grads is None:
       result.skipped += 1
     else:
-      weights = self.weights(batch, rows, np.asarray(rows_counted))
-      grads = self.accumulate(params, self.learner.zero_grads(params), ref_params, batch, adv, weights, rows, result)
       params, opt_state, norm = self.learner.apply(params, opt_state, grads)
       result.grad_norm = float(norm)
       result.updates += 1
@@ -74,3 +81,8 @@ class Updater:
     jax.block_until_ready(params)
     result.seconds += time.perf_counter() - t0
     return params, opt_state
+
+  def step(self, params, opt_state, ref_params, batch, adv, rows, rows_counted, result: UpdateResult):
+    """One optimizer update from `rows` of one batch (or a skipped update when `rows` is empty)."""
+    part = Part(batch, adv, np.asarray(rows), np.asarray(rows_counted))
+    return self.update(params, opt_state, ref_params, [part], result)
