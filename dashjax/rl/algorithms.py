@@ -3,7 +3,7 @@
 `algorithm(config)` is the one place that reads `rl.algo` (and `mode`). The trainer runs every algorithm alike:
 
     for parts in algo.updates(examples, source):   # one optimizer update per item
-      state = updater.update(state, parts)          # each part: rows of one batch to backprop, with advantages
+      state = updater.update(state, parts)          # each part (rl.batching.Part): rows of one batch to backprop
 
 `source.sample(examples, fold)` samples and scores the prompts and computes the rows' advantages (the trainer's
 collect step); `source.gold(examples)` gives gold completions (SFT). An algorithm decides when to sample, which rows
@@ -20,7 +20,7 @@ import numpy as np
 
 from dashjax.config import ConfigError
 from dashjax.rl.advantages import group_advantages, group_size_problem
-from dashjax.rl.batching import RolloutBatch, keep_mask
+from dashjax.rl.batching import Part, RolloutBatch, keep_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,25 +32,10 @@ class Sampled:
   rewards_R: np.ndarray | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Part:
-  """Rows of one batch that one optimizer update backprops."""
-
-  batch: RolloutBatch
-  adv_R: np.ndarray
-  rows: np.ndarray  # rows backpropped
-  counted: np.ndarray  # rows the loss is normalized over with rl.filter_normalization="sampled"
-  scale: float = 1.0  # this batch's share of the update's loss (grpo: rows of the call / rows of the update)
-
-
 class Source(Protocol):
   def sample(self, examples, fold: int | None = None) -> Sampled: ...
 
   def gold(self, examples) -> Sampled: ...
-
-
-# Fields one algorithm reads: any other refuses a value other than 1 (it would be ignored).
-OWN_FIELDS = {"updates_per_batch": "ppo_mini", "epochs_per_batch": "ppo_multi"}
 
 
 class Algorithm:
@@ -60,6 +45,7 @@ class Algorithm:
   on_policy = True  # the loss's ratio is exactly 1: every update backprops rows sampled from the current policy
   filtering = False  # rows with |advantage| <= rl.filter_threshold skip backprop
   sampler_rows_field = "sampling.batch_size"  # the field that sets the rows of one sampler call
+  own_fields: tuple[str, ...] = ()  # rl.* counts only this algorithm reads; the others refuse values above 1
 
   def __init__(self, config):
     self.config = config
@@ -95,9 +81,10 @@ class Algorithm:
     if sp.temperature <= 0:
       raise ConfigError(f"sampling.temperature={sp.temperature} must be > 0 for RL (the learner's log-probs are of "
                         f"softmax(logits / T)); use eval.temperature=0 for greedy evaluation")
-    for field, owner in OWN_FIELDS.items():
-      if rl[field] > 1 and owner != self.name:
-        raise ConfigError(f"rl.{field}={rl[field]} > 1 needs rl.algo='{owner}'")
+    for owner in ALGORITHMS.values():
+      for field in owner.own_fields:
+        if rl[field] > 1 and field not in self.own_fields:
+          raise ConfigError(f"rl.{field}={rl[field]} > 1 needs rl.algo='{owner.name}'")
 
   def check_sampler_calls(self):
     """Each sampler call holds whole groups, and the calls make up the batch."""
@@ -176,6 +163,7 @@ class PPOMulti(Algorithm):
 
   name = "ppo_multi"
   on_policy = False
+  own_fields = ("epochs_per_batch",)
 
   def updates(self, examples, source):
     s = source.sample(examples)
@@ -189,6 +177,7 @@ class PPOMini(Algorithm):
 
   name = "ppo_mini"
   on_policy = False
+  own_fields = ("updates_per_batch",)
 
   def check(self):
     super().check()
@@ -270,9 +259,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {a.name: a for a in (Dash, PG, GRPO, PP
 
 def algorithm(config) -> Algorithm:
   """The algorithm the config names: SFT with mode="sft", else ALGORITHMS[rl.algo]; ConfigError for an unknown one."""
-  if config.mode == "sft":
-    return SFT(config)
   name = config.rl.algo
   if name not in ALGORITHMS:
     raise ConfigError(f"rl.algo={name!r} is not one of {tuple(ALGORITHMS)}")
-  return ALGORITHMS[name](config)
+  return SFT(config) if config.mode == "sft" else ALGORITHMS[name](config)

@@ -36,7 +36,7 @@ from dashjax.train.metrics import MetricsWriter, plot_curve
 from dashjax.train.rollouts import RolloutCollector
 from dashjax.train.sft import sft_batch
 from dashjax.train.steplog import StepLog
-from dashjax.train.update import Updater, UpdateResult
+from dashjax.train.update import TrainState, Updater, UpdateResult
 
 log = logging.getLogger("dashjax")
 
@@ -78,11 +78,11 @@ class Trainer:
     c, plan = config, self.plan
     self.mesh = make_mesh(plan.mesh_shape)
     model, self.tokenizer = model_and_tokenizer or load_model(c.model.source, dtype=c.model.dtype,
-                                                              param_dtype=c.model.get("param_dtype", "float32"))
+                                                              param_dtype=c.model.param_dtype)
     self.graphdef, params = nnx.split(model)
     self.learner_shardings = param_shardings(params, self.mesh, LEARNER_RULES)
     self.sampler_shardings = param_shardings(params, self.mesh, SAMPLER_RULES)
-    self.params = jax.device_put(params, self.learner_shardings)
+    params = jax.device_put(params, self.learner_shardings)
 
     self.formatter = PromptFormatter(self.tokenizer, template=c.data.template, instruction=c.data.instruction,
                                      max_prompt_tokens=c.data.max_prompt_tokens)
@@ -98,14 +98,14 @@ class Trainer:
                                       c.rl.samples_per_prompt, plan.sampler_rows, self.mesh)
 
     self.optimizer = programs.optimizer(c, plan)
-    opt_abstract = jax.eval_shape(self.optimizer.init, self.params)
-    self.opt_state = jax.jit(self.optimizer.init, out_shardings=opt_state_shardings(
-        opt_abstract, self.params, self.learner_shardings, self.mesh))(self.params)
+    opt_abstract = jax.eval_shape(self.optimizer.init, params)
+    opt_state = jax.jit(self.optimizer.init, out_shardings=opt_state_shardings(
+        opt_abstract, params, self.learner_shardings, self.mesh))(params)
     self.learner = programs.learner(c, plan, self.graphdef, self.optimizer, self.mesh, self.learner_shardings)
-    self.updater = Updater(self.learner, self.mesh, plan.micro_batch_size, self.algo.loss_aggregation(),
-                           c.rl.filter_normalization)
+    self.updater = Updater.from_config(c, plan, self.learner, self.mesh)
     # The KL reference is the initial policy; with kl_beta == 0 it is never kept nor run.
-    self.ref_params = jax.tree.map(jnp.copy, self.params) if self.learner.loss_cfg.kl_beta > 0 else None
+    ref_params = jax.tree.map(jnp.copy, params) if self.learner.loss_cfg.kl_beta > 0 else None
+    self.state = TrainState(params, opt_state, ref_params)
     self._evaluator = None
 
     self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints,
@@ -116,7 +116,8 @@ class Trainer:
       if resume_step is not None and not read_only:
         self.checkpointer.set_aside_after(resume_step)
       try:
-        self.params, self.opt_state, meta = self.checkpointer.restore(self.params, self.opt_state, resume_step)
+        params, opt_state, meta = self.checkpointer.restore(params, opt_state, resume_step)
+        self.state = self.state._replace(params=params, opt_state=opt_state)
       except CheckpointError as e:
         self.checkpointer.close()  # Orbax's threads must not outlive the stopped run (a traceback at exit)
         self.pool.close()
@@ -139,6 +140,18 @@ class Trainer:
       raise ValueError(f"no {what} example fits in data.max_prompt_tokens={self.config.data.max_prompt_tokens}")
     return kept
 
+  @property
+  def params(self):
+    return self.state.params
+
+  @property
+  def opt_state(self):
+    return self.state.opt_state
+
+  @property
+  def ref_params(self):
+    return self.state.ref_params
+
   # --- one step ---------------------------------------------------------------------------------------------
 
   def sampler_params(self):
@@ -152,10 +165,9 @@ class Trainer:
     """Collect -> advantages -> the algorithm's updates -> metrics, the same for every algorithm."""
     log = StepLog(self.collector, kl=self.learner.loss_cfg.kl_beta > 0)
     source = _StepSource(self, jax.random.fold_in(jax.random.key(self.config.train.seed), self.step), log)
-    result = UpdateResult(self.params, self.opt_state)
+    result = UpdateResult()
     for parts in self.algo.updates(self.iterator.next_batch(), source):
-      self.params, self.opt_state = self.updater.update(self.params, self.opt_state, self.ref_params,
-                                                        log.watch(parts), result)
+      self.state = self.updater.update(self.state, log.watch(parts), result)
     self.step += 1
     self.first_reward_error = log.first_error
     return log.metrics(self.step, self.iterator.epoch, result)
@@ -178,7 +190,7 @@ class Trainer:
     return out
 
   def save(self):
-    self.checkpointer.save(self.step, self.params, self.opt_state,
+    self.checkpointer.save(self.step, self.state.params, self.state.opt_state,
                            {"step": self.step, "data": self.iterator.state(), "seed": int(self.config.train.seed)})
 
   def request_stop(self, signum=signal.SIGTERM, *_):
