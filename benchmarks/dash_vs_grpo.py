@@ -60,18 +60,17 @@ def build_trainers(config, algos, out_dir, loaded):
 
 def warm_up(trainer) -> float:
   """Compiles and runs once the sampler (at this algorithm's call size), micro-step and optimizer step."""
+  from dashjax.rl.batching import Part
   from dashjax.train.update import UpdateResult
 
   t0 = time.perf_counter()
   examples = trainer.train_examples[:trainer.collector.prompts_per_call]  # not the iterator: data order unchanged
   sc = trainer.collector.collect(trainer.sampler_params(), examples, jax.random.key(2**31 - 1))
   rows = np.arange(trainer.plan.micro_batch_size)
-  zeros = np.zeros(sc.batch.num_rows, np.float32)
-  weights = np.zeros(sc.batch.completion_mask_RxN.shape, np.float32)
-  learner = trainer.learner
-  grads = trainer.updater.accumulate(trainer.params, learner.zero_grads(trainer.params), trainer.ref_params, sc.batch,
-                                     zeros, weights, rows, UpdateResult(None, None))
-  jax.block_until_ready(learner.apply(fresh_copy(trainer.params), fresh_copy(trainer.opt_state), grads))
+  zeros = np.zeros(sc.batch.num_rows, np.float32)  # advantage 0: a zero gradient, the programs compiled all the same
+  grads = trainer.updater.gradient(trainer.params, trainer.ref_params, [Part(sc.batch, zeros, rows, rows)],
+                                   UpdateResult())
+  jax.block_until_ready(trainer.learner.apply(fresh_copy(trainer.params), fresh_copy(trainer.opt_state), grads))
   return time.perf_counter() - t0
 
 

@@ -1,4 +1,4 @@
-"""The update phase alone against the kept fraction: `Updater.step` on one sampled batch, rows kept deterministically.
+"""The update phase alone against the kept fraction: `Updater.update` on one sampled batch, rows kept deterministically.
 
   python benchmarks/filtering.py --quick       # 2 repeats (~4 min on 2 CPU cores)
   python benchmarks/filtering.py               # 5 repeats, and the filtered-vs-unfiltered gradient check (~9 min)
@@ -11,7 +11,7 @@ One batch is sampled once with the main job's config (SmolLM2-135M-Instruct, 8 p
   --granularity row: round(f * R) rows of a seeded permutation of the rows.
 Timing: one call per fraction first (the first one overall compiles the micro-step and the optimizer step), reported
 separately; then --repeats rounds, fraction order reversed every other round, each call timed around
-`Updater.step` (zeroed accumulator, ceil(kept / 4) micro-steps over the packed rows, one AdamW update, waited for).
+`Updater.update` (zeroed accumulator, ceil(kept / 4) micro-steps over the packed rows, one AdamW update, waited for).
 Parameters carry over from call to call as in training; the cost does not depend on their values.
 A least-squares fit of the medians, time = fixed + per_micro_step * micro_steps, splits the per-update fixed cost
 (zeroed accumulator, optimizer step) from the per-micro-step cost.
@@ -48,15 +48,13 @@ def kept_rows(fraction, R, G, granularity, seed=0):
 
 def gradient_check(trainer, batch, adv, rows):
   """max |g_filtered - g_unfiltered| / max |g_unfiltered| with the dropped rows' advantages set to 0."""
+  from dashjax.rl.batching import Part
   from dashjax.train.update import UpdateResult
 
-  up, lr, R = trainer.updater, trainer.learner, batch.num_rows
-  all_rows = np.arange(R)
+  all_rows = np.arange(batch.num_rows)
   adv0 = np.where(np.isin(all_rows, rows), adv, 0.0).astype(np.float32)
-  g_f = up.accumulate(trainer.params, lr.zero_grads(trainer.params), None, batch, adv0,
-                      up.weights(batch, rows, all_rows), rows, UpdateResult(None, None))
-  g_u = up.accumulate(trainer.params, lr.zero_grads(trainer.params), None, batch, adv0,
-                      up.weights(batch, all_rows, all_rows), all_rows, UpdateResult(None, None))
+  g_f, g_u = (trainer.updater.gradient(trainer.params, trainer.ref_params, [Part(batch, adv0, r, all_rows)],
+                                       UpdateResult()) for r in (rows, all_rows))
   diff = max(float(jax.numpy.max(jax.numpy.abs(a - b))) for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_u)))
   scale = max(float(jax.numpy.max(jax.numpy.abs(b))) for b in jax.tree.leaves(g_u))
   return diff / max(scale, 1e-30), scale
@@ -88,6 +86,7 @@ def main(argv=None):
     fractions.insert(0, 1.0)
 
   from dashjax.rl.advantages import group_advantages
+  from dashjax.rl.batching import Part
   from dashjax.train.trainer import Trainer
   from dashjax.train.update import UpdateResult
 
@@ -112,13 +111,11 @@ def main(argv=None):
     log("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     rows = {f: kept_rows(f, R, G, args.granularity) for f in fractions}
     all_rows = np.arange(R)
-    state = {"params": trainer.params, "opt": trainer.opt_state}
 
-    def update(f):
-      result = UpdateResult(state["params"], state["opt"])
+    def update(f):  # the trainer's recipe on fixed rows; parameters carry over as in training
+      result = UpdateResult()
       t0 = time.perf_counter()
-      state["params"], state["opt"] = trainer.updater.step(state["params"], state["opt"], None, batch, adv, rows[f],
-                                                           all_rows, result)
+      trainer.state = trainer.updater.update(trainer.state, [Part(batch, adv, rows[f], all_rows)], result)
       return time.perf_counter() - t0, result.micro_steps
 
     res = {f: {"fraction": f, "kept_rows": len(rows[f]), "kept_fraction": len(rows[f]) / R, "times_s": []}
@@ -135,7 +132,6 @@ def main(argv=None):
     compiles = {"micro_step": trainer.learner.micro_step._cache_size(),
                 "apply": trainer.learner._apply._cache_size()}
     if args.check:
-      trainer.params, trainer.opt_state = state["params"], state["opt"]
       for f in fractions:
         res[f]["grad_rel_diff"], res[f]["grad_scale"] = gradient_check(trainer, batch, adv, rows[f])
   finally:
@@ -176,7 +172,7 @@ def main(argv=None):
       f"{c.sampling.max_new_tokens} new tokens, sequence {batch.tokens_RxS.shape[1]} tokens, micro-batch "
       f"{c.train.micro_batch_size}, {args.granularity} granularity; jax {env['jax']}, {env['nproc']} x "
       f"{env['cpu_model']}.")
-  log(f"Seconds: `Updater.step` (accumulate over the packed micro-batches + AdamW), median of {args.repeats} "
+  log(f"Seconds: `Updater.update` (accumulate over the packed micro-batches + AdamW), median of {args.repeats} "
       "interleaved calls; first call (compilation at the first fraction) excluded. Micro-step ratio = micro-steps / "
       "micro-steps at 1.0 (the ideal).")
   log("")

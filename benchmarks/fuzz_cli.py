@@ -1,16 +1,18 @@
 """Feeds generated bad configs and malformed data files to `dashjax-train` (and bad arguments to `dashjax-eval` and
 `dashjax-generate`) and counts what the user sees:
 
-  one_line_error   non-zero exit, exactly one `PROG: error:` line, no traceback
+  one_line_error   exit status 2 (an input error), exactly one `PROG: error:` line, no traceback and no traceback log
   counted_skip     exit 0 with one warning that counts the skipped rows (data cases only)
+  internal_error   one `PROG: error:` line from the tools' path for unexpected errors (exit 1, "ExceptionType:
+                   message", a traceback log named): the input was bad, but the tool did not recognise it as such
   raw_traceback    a Python traceback, or a failure without the one-line error
   silent_run       exit 0 with no word about the bad input
 
     python benchmarks/fuzz_cli.py [--quick] [--json PATH] [--jobs 2]
 
 Every case is invalid by construction (values outside a field's documented range, unknown names, wrong types,
-typos of real keys, broken rows), so `silent_run` and `raw_traceback` should both be 0. Each case is one subprocess
-on configs/tiny.py with one training step; cases that pass validation load the tiny random model.
+typos of real keys, broken rows), so `internal_error`, `silent_run` and `raw_traceback` should all be 0. Each case is
+one subprocess on configs/tiny.py with one training step; cases that pass validation load the tiny random model.
 """
 
 from __future__ import annotations
@@ -95,12 +97,20 @@ def config_cases(rng: random.Random, quick: bool) -> list[tuple[str, list[str]]]
   return cases
 
 
+INPUT_ERROR_STATUS = 2  # dashjax.cli.errors.report: input errors exit 2, anything unexpected 1 with a log
+TRACEBACK_LOG = "(traceback: "  # how report() names the log of an unexpected error
+FAILURES = ("internal_error", "raw_traceback", "silent_run")
+
+
 def classify(proc, prog: str, expect_skip: bool) -> str:
   lines = [l for l in proc.stderr.splitlines() if l.startswith(f"{prog}: error:")]
   if "Traceback (most recent call last)" in proc.stderr:
     return "raw_traceback"
   if proc.returncode != 0:
-    return "one_line_error" if len(lines) == 1 else "raw_traceback"
+    if len(lines) != 1:
+      return "raw_traceback"
+    clear = proc.returncode == INPUT_ERROR_STATUS and TRACEBACK_LOG not in lines[0]
+    return "one_line_error" if clear else "internal_error"
   if expect_skip and "skipped" in proc.stderr:
     return "counted_skip"
   return "silent_run"
@@ -124,7 +134,7 @@ def run_case(name, args, workdir, data_file=None, expect_skip=False, prog="dashj
   error = next((l for l in proc.stderr.splitlines() if l.startswith(f"{prog}: error:")), "")
   skip = next((l for l in proc.stderr.splitlines() if "skipped" in l), "")
   return {"case": name, "prog": prog, "outcome": outcome, "rc": proc.returncode, "seconds": time.perf_counter() - t0,
-          "message": error or skip, "tail": proc.stderr[-1500:] if outcome in ("raw_traceback", "silent_run") else ""}
+          "message": error or skip, "tail": proc.stderr[-1500:] if outcome in FAILURES else ""}
 
 
 def main():
@@ -166,15 +176,15 @@ def main():
       print(f"{r['outcome']:15s} {r['seconds']:5.1f}s  {r['case']:45s} {r['message'][:110]}", flush=True)
   counts = collections.Counter(r["outcome"] for r in results)
   print(f"\n{len(results)} cases in {time.perf_counter() - t0:.0f} s:")
-  for k in ("one_line_error", "counted_skip", "raw_traceback", "silent_run"):
+  for k in ("one_line_error", "counted_skip", *FAILURES):
     print(f"  {k:15s} {counts.get(k, 0)}")
   for r in results:
-    if r["outcome"] in ("raw_traceback", "silent_run"):
-      print(f"\n--- {r['outcome']}: {r['case']}\n{r['tail']}")
+    if r["outcome"] in FAILURES:
+      print(f"\n--- {r['outcome']}: {r['case']} (exit {r['rc']})\n{r['tail']}")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"counts": dict(counts), "cases": results}, f, indent=2)
-  return 0 if counts.get("raw_traceback", 0) + counts.get("silent_run", 0) == 0 else 1
+  return 0 if sum(counts.get(k, 0) for k in FAILURES) == 0 else 1
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ from dashjax.models.config import resolve_dtype  # noqa: E402
 from dashjax.parallel.fit import GiB, check  # noqa: E402
 from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, param_shardings  # noqa
 from dashjax.rl.advantages import group_advantages  # noqa: E402
-from dashjax.rl.batching import keep_mask, rollout_batch  # noqa: E402
+from dashjax.rl.algorithms import Sampled, algorithm  # noqa: E402
+from dashjax.rl.batching import rollout_batch  # noqa: E402
 from dashjax.train import programs  # noqa: E402
-from dashjax.train.update import Updater, UpdateResult  # noqa: E402
+from dashjax.train.update import TrainState, Updater, UpdateResult  # noqa: E402
 
 QWEN25_05B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
               "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
@@ -97,34 +98,48 @@ def main():
   opt = programs.optimizer(c, plan)
   opt_state = jax.jit(opt.init)(params)
   learner = programs.learner(c, plan, graphdef, opt, mesh, learner_sh)
-  updater = Updater(learner, mesh, plan.micro_batch_size, c.rl.loss_aggregation, c.rl.filter_normalization)
+  state = TrainState(params, opt_state)
+  del params, opt_state
+  updater = Updater.from_config(c, plan, learner, mesh)  # the trainer's update recipe
+  algo = algorithm(c)  # dash (configs/qwen25_math.py): filtering, one update per sampled batch
   sampler = programs.train_sampler(c, graphdef, eos_ids=(), pad_id=0)  # no EOS: every row runs to the limit
   cast = programs.sampler_cast(c, sampler_sh, learner_sh)
   rng = np.random.RandomState(0)
   P, T, N = args.prompts, args.prompt_tokens, args.new_tokens
+
+  class RandomPrompts:
+    """The algorithm's collect step here: random prompts through the run's sampler, random binary rewards."""
+
+    def sample(self, examples, fold=None):
+      t0 = time.perf_counter()
+      prompts = rng.randint(100, cfg.vocab_size - 100, size=(len(examples), T)).astype(np.int32)
+      valid = np.ones(prompts.shape, bool)
+      valid[:, : T // 4] = False  # left padding, as real prompts have
+      sp = cast(state.params) if cast is not None else state.params
+      put = lambda x: jax.device_put(x, batch_sharding(mesh, 2))  # noqa: E731
+      out = sampler(sp, put(prompts), put(valid), jax.random.key(u if fold is None else u * 1000 + fold))
+      self.out = jax.tree.map(np.asarray, out)
+      del sp
+      self.sample_s = time.perf_counter() - t0
+      rewards = rng.binomial(1, 0.5, size=len(examples) * G).astype(np.float32)
+      rewards[:G] = [1, 0, 1, 0]  # at least one group with signal
+      o = self.out
+      return Sampled(rollout_batch(prompts, valid, G, o.tokens_BxN, o.logprobs_BxN, o.lengths_B),
+                     group_advantages(rewards, G, c.rl.advantage), rewards)
+
+  def kept(parts, counts):
+    for part in parts:
+      counts.append(len(part.rows))
+      yield part
+
   records = []
   for u in range(args.updates):
-    prompts = rng.randint(100, cfg.vocab_size - 100, size=(P, T)).astype(np.int32)
-    valid = np.ones((P, T), bool)
-    valid[:, : T // 4] = False  # left padding, as real prompts have
-    t0 = time.perf_counter()
-    sp = cast(params) if cast is not None else params
-    out = sampler(sp, jax.device_put(prompts, batch_sharding(mesh, 2)), jax.device_put(valid, batch_sharding(mesh, 2)),
-                  jax.random.key(u))
-    out = jax.tree.map(np.asarray, out)
-    del sp
-    sample_s = time.perf_counter() - t0
-    batch = rollout_batch(prompts, valid, G, out.tokens_BxN, out.logprobs_BxN, out.lengths_B)
-    rewards = rng.binomial(1, 0.5, size=P * G).astype(np.float32)
-    rewards[:G] = [1, 0, 1, 0]  # at least one group with signal
-    adv = group_advantages(rewards, G, c.rl.advantage)
-    rows = np.flatnonzero(keep_mask(adv, c.rl.filter_threshold))
-    result = UpdateResult(params, opt_state)
-    t0 = time.perf_counter()
-    params, opt_state = updater.step(params, opt_state, None, batch, adv, rows, np.arange(P * G), result)
-    update_s = time.perf_counter() - t0
+    source, result, counts = RandomPrompts(), UpdateResult(), []
+    for parts in algo.updates(list(range(P)), source):
+      state = updater.update(state, kept(parts, counts), result)
+    out, sample_s, update_s = source.out, source.sample_s, result.seconds
     rec = {"update": u + 1, "sample_s": round(sample_s, 2), "update_s": round(update_s, 2),
-           "generated_tokens": int(out.lengths_B.sum()), "rows": P * G, "kept_rows": int(len(rows)),
+           "generated_tokens": int(out.lengths_B.sum()), "rows": P * G, "kept_rows": int(sum(counts)),
            "micro_steps": result.micro_steps, "grad_norm": result.grad_norm,
            "sampler_tokens_per_s": round(float(out.lengths_B.sum()) / sample_s, 1),
            "learner_tokens_per_s": round(result.micro_steps * plan.micro_batch_size * (T + N) / update_s, 1)}

@@ -142,6 +142,7 @@ def main(argv=None):
   from dashjax.rl.batching import RolloutBatch
   from dashjax.sampling.sampler import Sampler, SamplingConfig
   from dashjax.train.learner import Learner, LossConfig, make_optimizer
+  from dashjax.rl.batching import Part
   from dashjax.train.update import Updater, UpdateResult
 
   env = environment()
@@ -274,16 +275,14 @@ def main(argv=None):
   mesh = make_mesh((1, 1, 1))
   updater = Updater(learner, mesh, 4, "constant_length", "sampled")
   all_rows = np.arange(R)
-  weights = updater.weights(batch, all_rows, all_rows)
-  adv = np.ones(R, np.float32)
+  part = Part(batch, np.ones(R, np.float32), all_rows, all_rows)
 
   from dashjax.parallel.distributed import put
   from dashjax.parallel.mesh import batch_sharding
-  from dashjax.rl.batching import pack_micro_batches
 
   def run_micro_steps(read_each: bool):
-    mbs = pack_micro_batches(batch, adv, weights, all_rows, 4)
-    g, kept, result = learner.zero_grads(params), [], UpdateResult(None, None)
+    mbs = updater.micro_batches(part)
+    g, kept, result = learner.zero_grads(params), [], UpdateResult()
     for i in range(mbs.num_micro):
       g, stats = learner.micro_step(params, g, None, {k: put(v, batch_sharding(mesh, v.ndim))
                                                       for k, v in mbs[i].items()})
@@ -296,12 +295,11 @@ def main(argv=None):
     return g
 
   def updater_accumulate():  # what the trainer runs
-    return updater.accumulate(params, learner.zero_grads(params), None, batch, adv, weights, all_rows,
-                              UpdateResult(None, None))
+    return updater.gradient(params, None, [part], UpdateResult())
 
   hs = interleaved({"float() after every micro-step": functools.partial(run_micro_steps, True),
                     "read after the last one": functools.partial(run_micro_steps, False),
-                    "Updater.accumulate (dashjax)": updater_accumulate},
+                    "Updater.gradient (dashjax)": updater_accumulate},
                    2 if args.quick else 3)
   out["host_sync_s"] = hs
   log("\n" + table(["8 micro-steps, stats read", "seconds"], [[k, f"{v:.2f}"] for k, v in hs.items()]))

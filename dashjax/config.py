@@ -13,8 +13,7 @@ import math
 import jax
 import ml_collections
 
-ALGOS = ("dash", "grpo", "pg", "ppo_multi", "ppo_mini")
-PREEMPTIVE = ("dash", "pg", "ppo_multi", "ppo_mini")  # one large sampling pass per batch
+# The algorithms (rl.algo) and their own checks: dashjax.rl.algorithms.
 
 
 def _size(default: int):
@@ -54,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
                     # continuous batching: rows that end stop costing decode compute (their slot takes a queued row,
                     # or live rows move into a smaller compiled batch); false: the static one-program sampler.
                     # slots: decode slots per call (0: every row of the call); min_slots: the smallest batch
-                    continuous=True, slots=0, min_slots=4)
+                    **_sampler_defaults("continuous", "slots", "min_slots"))
   c.train = dict(micro_batch_size=_size(4), num_steps=20, learning_rate=3e-6, lr_schedule="constant", warmup_steps=0,
                  weight_decay=0.0, max_grad_norm=1.0, seed=0, checkpoint_every=10, keep_checkpoints=2,
                  sft_epochs=1,
@@ -69,6 +68,13 @@ def base_config() -> ml_collections.ConfigDict:
                 after=True, every=0)
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: all remaining devices
   return c
+
+
+def _sampler_defaults(*names) -> dict:
+  # The sampler's own defaults (SamplingConfig), so that a run and a direct sampler user get the same ones.
+  from dashjax.sampling.sampler import SamplingConfig
+
+  return {name: getattr(SamplingConfig, name) for name in names}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +148,9 @@ def _check_fields_before_load(c, check_model_source: bool):
   for name in ("train_size", "heldout_size"):
     if int(d[name]) < 0:
       raise ConfigError(f"data.{name}={d[name]} must be >= 0 (0: all examples)")
-  if d.get("bad_rows", "skip") not in ("skip", "error"):
+  from dashjax.data.tables import BAD_ROWS
+
+  if d.bad_rows not in BAD_ROWS:
     raise ConfigError(f"data.bad_rows={d.bad_rows!r} must be 'skip' (drop unusable rows, counted in one warning) or "
                       "'error' (stop at the first)")
   if int(c.eval.samples) > 1 and float(c.eval.temperature) == 0:
@@ -151,7 +159,7 @@ def _check_fields_before_load(c, check_model_source: bool):
   if int(c.train.checkpoint_every) < 0:
     raise ConfigError(f"train.checkpoint_every={c.train.checkpoint_every} must be >= 0 (0: only at the end)")
   for name in ("slots", "min_slots"):
-    if int(sp.get(name, 1)) < (0 if name == "slots" else 1):
+    if int(sp[name]) < (0 if name == "slots" else 1):
       raise ConfigError(f"sampling.{name}={sp[name]} must be >= {0 if name == 'slots' else 1}")
   ev, tr = c.eval, c.train
   for name, value, low, why in (
@@ -217,8 +225,9 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
       raise ConfigError(f"{name}={v!r} must be a whole number of rows or 'auto'")
   if c.mode not in ("rl", "sft"):
     raise ConfigError(f"mode={c.mode!r} must be 'rl' or 'sft'")
-  if rl.algo not in ALGOS:
-    raise ConfigError(f"rl.algo={rl.algo!r} is not one of {ALGOS}")
+  from dashjax.rl.algorithms import algorithm
+
+  algo = algorithm(c)
   P, G, mb, sb = rl.prompts_per_step, rl.samples_per_prompt, tr.micro_batch_size, sp.batch_size
   for name, v in (("rl.prompts_per_step", P), ("rl.samples_per_prompt", G), ("train.micro_batch_size", mb),
                   ("sampling.batch_size", sb), ("train.num_steps", tr.num_steps),
@@ -227,78 +236,46 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
                                                                    c.data.max_prompt_tokens)):
     if int(v) < 1:
       raise ConfigError(f"{name}={v} must be >= 1")
-  if c.mode == "sft":
-    # One gold completion per prompt; the sampler only runs for evaluation.
-    if P % mb:
-      raise ConfigError(f"mode='sft' trains on rl.prompts_per_step={P} gold completions per step; "
-                        f"train.micro_batch_size={mb} must divide it")
-    G, sampler_rows = 1, sb
+  algo.check()
+  G, sampler_rows = algo.group_size, algo.sampler_rows
   R = P * G
   if R % mb:
     raise ConfigError(f"train.micro_batch_size={mb} must divide rl.prompts_per_step * rl.samples_per_prompt = "
                       f"{P} * {G} = {R} rows per batch")
-  if c.mode == "sft":
-    pass
-  elif rl.algo == "grpo":
-    # The paper's standard GRPO samples one micro-batch at a time: each call must hold whole groups.
-    if mb % G:
-      raise ConfigError(f"rl.algo='grpo' samples one micro-batch per sampler call, so train.micro_batch_size={mb} "
-                        f"must be a multiple of rl.samples_per_prompt={G} (whole groups per call)")
-    sampler_rows = mb
-  else:
-    if sb % G:
-      raise ConfigError(f"sampling.batch_size={sb} must be a multiple of rl.samples_per_prompt={G} so that each "
-                        f"sampler call holds whole groups")
-    if R % sb:
-      raise ConfigError(f"sampling.batch_size={sb} must divide rl.prompts_per_step * rl.samples_per_prompt = "
-                        f"{P} * {G} = {R}; e.g. set sampling.batch_size={R} for one call per batch")
-    sampler_rows = sb
-  if rl.updates_per_batch > 1 and rl.algo != "ppo_mini":
-    raise ConfigError(f"rl.updates_per_batch={rl.updates_per_batch} > 1 needs rl.algo='ppo_mini'")
-  if rl.epochs_per_batch > 1 and rl.algo != "ppo_multi":
-    raise ConfigError(f"rl.epochs_per_batch={rl.epochs_per_batch} > 1 needs rl.algo='ppo_multi'")
-  if rl.algo == "ppo_mini":
-    U = rl.updates_per_batch
-    if P % U:
-      raise ConfigError(f"rl.updates_per_batch={U} must divide rl.prompts_per_step={P} (each mini-batch holds "
-                        f"whole groups)")
-    if (R // U) % mb:
-      raise ConfigError(f"train.micro_batch_size={mb} must divide the mini-batch of {R // U} rows "
-                        f"(rl.prompts_per_step * rl.samples_per_prompt / rl.updates_per_batch)")
-  if c.mode == "rl" and sp.temperature <= 0:
-    raise ConfigError(f"sampling.temperature={sp.temperature} must be > 0 for RL (the learner's log-probs are of "
-                      f"softmax(logits / T)); use eval.temperature=0 for greedy evaluation")
   if rl.filter_threshold < 0:
     raise ConfigError(f"rl.filter_threshold={rl.filter_threshold} must be >= 0")
-  choices = {"rl.filter_normalization": (rl.filter_normalization, ("sampled", "kept")),
-             "rl.advantage": (rl.advantage, ("grpo", "mean", "rloo")),
-             "rl.kl_estimator": (rl.kl_estimator, ("k1", "k3")),
-             "rl.loss_aggregation": (rl.loss_aggregation, ("token_mean", "seq_mean", "constant_length")),
-             "train.lr_schedule": (tr.lr_schedule, ("constant", "linear")),
-             "data.template": (c.data.template, ("raw", "chat")),
-             "data.source": (c.data.source, ("gym", "file", "hub"))}
+  # Each field's allowed values live with the code that uses them.
+  from dashjax.data.prompts import TEMPLATES
+  from dashjax.data.sources import SOURCES
   from dashjax.models.compute import ATTENTION_IMPLS, REMAT_POLICIES
   from dashjax.models.config import DTYPE_NAMES
+  from dashjax.rl.advantages import ESTIMATORS
+  from dashjax.rl.batching import LOSS_AGGREGATIONS, NORMALIZATIONS
+  from dashjax.rl.losses import KL_ESTIMATORS
+  from dashjax.train.learner import LR_SCHEDULES
 
-  choices.update({"model.dtype": (c.model.dtype, DTYPE_NAMES),
-                  "model.param_dtype": (c.model.get("param_dtype", "float32"), DTYPE_NAMES),
-                  "train.remat": (tr.get("remat", "none"), REMAT_POLICIES),
-                  "train.attention": (tr.get("attention", "auto"), ATTENTION_IMPLS)})
+  choices = {"rl.filter_normalization": (rl.filter_normalization, NORMALIZATIONS),
+             "rl.advantage": (rl.advantage, ESTIMATORS), "rl.kl_estimator": (rl.kl_estimator, KL_ESTIMATORS),
+             "rl.loss_aggregation": (rl.loss_aggregation, LOSS_AGGREGATIONS),
+             "train.lr_schedule": (tr.lr_schedule, LR_SCHEDULES), "data.template": (c.data.template, TEMPLATES),
+             "data.source": (c.data.source, SOURCES), "model.dtype": (c.model.dtype, DTYPE_NAMES),
+             "model.param_dtype": (c.model.param_dtype, DTYPE_NAMES), "train.remat": (tr.remat, REMAT_POLICIES),
+             "train.attention": (tr.attention, ATTENTION_IMPLS)}
   _check_fields_before_load(c, check_model_source)
   if int(tr.keep_checkpoints) < 1:
     raise ConfigError(f"train.keep_checkpoints={tr.keep_checkpoints} must be >= 1 (with 0 no checkpoint would be "
                       f"kept and the run could not be resumed)")
-  if int(tr.get("logprob_chunk", 0)) < 0:
+  if int(tr.logprob_chunk) < 0:
     raise ConfigError(f"train.logprob_chunk={tr.logprob_chunk} must be >= 0 (0: the whole completion at once)")
-  if int(tr.get("attention_block", 512)) < 1:
+  if int(tr.attention_block) < 1:
     raise ConfigError(f"train.attention_block={tr.attention_block} must be >= 1")
-  if c.reward.fn not in ("gym", "math", "contains") and ":" not in c.reward.fn:
-    raise ConfigError(f"reward.fn={c.reward.fn!r} is not 'gym', 'math', 'contains' or a 'module:function' path")
+  from dashjax.rewards.pool import scorer_names
+
+  if c.reward.fn not in scorer_names() and ":" not in c.reward.fn:
+    raise ConfigError(f"reward.fn={c.reward.fn!r} is not one of {scorer_names()} or a 'module:function' path")
   for name, (value, allowed) in choices.items():
     if value not in allowed:
       raise ConfigError(f"{name}={value!r} is not one of {allowed}")
-  if rl.advantage == "rloo" and G < 2:
-    raise ConfigError("rl.advantage='rloo' needs rl.samples_per_prompt >= 2")
   if rl.kl_beta < 0:
     raise ConfigError(f"rl.kl_beta={rl.kl_beta} must be >= 0 (0 disables the KL term and the reference model)")
   if tr.learning_rate <= 0:
@@ -309,10 +286,10 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
     raise ConfigError(f"train.micro_batch_size={mb} must be divisible by mesh.data * mesh.fsdp = {rows_axis} "
                       f"(micro-batch rows are sharded over those axes)")
   if (sampler_rows // G) % rows_axis:
-    raise ConfigError(f"each sampler call holds {sampler_rows // G} prompts ({'train.micro_batch_size' if rl.algo == 'grpo' else 'sampling.batch_size'} "
+    raise ConfigError(f"each sampler call holds {sampler_rows // G} prompts ({algo.sampler_rows_field} "
                       f"/ rl.samples_per_prompt), which must be divisible by mesh.data * mesh.fsdp = {rows_axis}")
   prompt_group = 1
-  if c.mode == "rl" and tr.get("share_prompts", True) and G > 1 and mb % G == 0:
+  if tr.share_prompts and G > 1 and mb % G == 0:
     prompt_group = G
   eval_prompts = max(1, c.eval.batch_size // max(c.eval.samples, 1))
   if eval_prompts % rows_axis:
@@ -321,4 +298,4 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
   return BatchPlan(rows_per_batch=R, sampler_rows=sampler_rows, sampler_calls=R // sampler_rows,
                    micro_batch_size=mb, micro_steps_unfiltered=R // mb,
                    updates_per_batch=rl.updates_per_batch, epochs_per_batch=rl.epochs_per_batch,
-                   filtering=(rl.algo == "dash"), learner_prompt_group=prompt_group, mesh_shape=mesh_shape)
+                   filtering=algo.filtering, learner_prompt_group=prompt_group, mesh_shape=mesh_shape)

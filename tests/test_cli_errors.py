@@ -173,3 +173,36 @@ def test_scorer_errors_are_counted_and_stop_a_run_that_scores_nothing(tmp_path):
     trainer.close()
   rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
   assert [(r["step"], r["reward_errors"]) for r in rows] == [(1, 16)]
+
+
+def test_fuzz_counts_a_clear_error_only_with_status_2_and_no_traceback_log():
+  """benchmarks/fuzz_cli.py: the unexpected-error path (exit 1, a traceback log named) is an internal error, not a
+  clear one, even though it prints one line."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  from fuzz_cli import classify
+
+  def proc(rc, err):
+    return subprocess.CompletedProcess([], rc, "", err)
+
+  line = "dashjax-train: error: sampling.batch_size=6 must be a multiple of rl.samples_per_prompt=4\n"
+  assert classify(proc(2, line), "dashjax-train", False) == "one_line_error"
+  assert classify(proc(1, line), "dashjax-train", False) == "internal_error"
+  logged = "dashjax-train: error: KeyError: 'x' (traceback: /tmp/dashjax-train-error.log; --verbose prints it)\n"
+  assert classify(proc(2, logged), "dashjax-train", False) == "internal_error"
+  assert classify(proc(1, logged), "dashjax-train", False) == "internal_error"
+  assert classify(proc(2, "Traceback (most recent call last):\n" + line), "dashjax-train", False) == "raw_traceback"
+  assert classify(proc(0, ""), "dashjax-train", False) == "silent_run"
+
+
+def test_a_data_field_no_row_has_is_an_input_error(tmp_path, capsys):
+  """Once reported through the unexpected path (a KeyError: exit 1 and a traceback log); now exit 2, one line."""
+  from dashjax.cli.errors import report
+  from dashjax.data.tables import file_examples
+
+  path = tmp_path / "rows.jsonl"
+  path.write_text('{"question": "q", "answer": "a"}\n')
+  with pytest.raises(KeyError) as err:  # still a KeyError for callers that catch one
+    file_examples(str(path))
+  assert report("dashjax-train", err.value, verbose=False) == 2
+  line = capsys.readouterr().err
+  assert line.count("\n") == 1 and "(traceback:" not in line and "has no problem field 'problem'" in line, line

@@ -109,6 +109,27 @@ def test_matches_static_sampler(temperature, top_k, top_p, slots, min_slots):
     assert dict(sampler.traces) == {"start[6]": 1, "chunk[6]": 1, "chunk[4]": 1, "compact[6->4]": 1}
 
 
+def test_matches_static_sampler_run_with_eos_top_k_top_p():
+  """Both samplers run with the same EOS ids at T=0.8 with top-k 40 and top-p 0.9 (no derived reference): equal
+  tokens, lengths, truncation and log-probs, while rows end at their 1st, 2nd, ... token, queued rows refill 6
+  slots and live rows are compacted."""
+  graphdef, state = _tiny()
+  tokens, valid = _prompts()
+  free = _static_free_run(0.8, 40, 0.9)
+  eos = tuple(sorted({int(free.tokens_BxN[r, t]) for r, t in [(5, 0), (0, 1), (10, 5), (7, 15)]}))
+  key = jax.random.key(1)
+  static = jax.tree.map(np.asarray, Sampler(graphdef, _cfg(0.8, 40, 0.9, eos_ids=eos))(state, tokens, valid, key))
+  sampler = ContinuousSampler(graphdef, _cfg(0.8, 40, 0.9, eos_ids=eos))
+  out = jax.tree.map(np.asarray, sampler(state, tokens, valid, key))
+  np.testing.assert_array_equal(out.tokens_BxN, static.tokens_BxN)
+  np.testing.assert_array_equal(out.lengths_B, static.lengths_B)
+  np.testing.assert_array_equal(out.truncated_B, static.truncated_B)
+  np.testing.assert_allclose(out.logprobs_BxN, static.logprobs_BxN, atol=1e-5, rtol=1e-5)
+  lengths = static.lengths_B
+  assert lengths[5] == 1 and lengths.min() < lengths.max() == N_NEW and len(set(lengths.tolist())) >= 4, lengths
+  assert sampler.last_stats.compactions >= 1 and sampler.last_stats.slot_steps < 12 * int(static.decode_steps)
+
+
 def test_all_rows_truncated():
   """No EOS ids: each of the 6 slots decodes two rows back to back; with temperature, top-k and top-p."""
   graphdef, state = _tiny()

@@ -14,6 +14,8 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 import tiny  # noqa: E402
 
 from dashjax.rl.advantages import group_advantages  # noqa: E402
+from dashjax.rl.algorithms import GRPO, Sampled  # noqa: E402
+from dashjax.rl.batching import Part  # noqa: E402
 from dashjax.train.trainer import Trainer  # noqa: E402
 from dashjax.train.update import UpdateResult  # noqa: E402
 
@@ -30,21 +32,19 @@ def test_grpo_per_call_gradient_equals_full_batch(tmp_path):
   bt.completion_mask_RxN[:] = mask
   bt.valid_RxS[:, bt.prompt_len:] = mask
   bt.sampler_logprobs_RxN[:] = np.where(mask, bt.sampler_logprobs_RxN, 0.0)
+
+  class Calls:  # the same rows, served to grpo's schedule one micro-batch-sized sampler call at a time
+    def sample(self, examples, fold):
+      rows = np.arange(examples[0] * G, (examples[-1] + 1) * G)
+      return Sampled(sc.batch.take(rows), group_advantages(sc.rewards[rows], G, c.rl.advantage), sc.rewards[rows])
+
   for aggregation, exact in (("constant_length", True), ("seq_mean", True), ("token_mean", False)):
     t.updater.aggregation = aggregation
     adv = group_advantages(sc.rewards, G, c.rl.advantage)
     rows = np.arange(R)
-    res = UpdateResult(None, None)
-    full = t.updater.accumulate(t.params, t.learner.zero_grads(t.params), None, sc.batch, adv,
-                                t.updater.weights(sc.batch, rows, rows), rows, res)
-    per_call = t.learner.zero_grads(t.params)
-    M = t.plan.micro_batch_size  # grpo's call size
-    for i in range(0, R, M):  # the trainer's grpo branch, on the same rows
-      part = sc.batch.take(np.arange(i, i + M))
-      r = np.arange(M)
-      w = t.updater.weights(part, r, r) * (M / R)
-      per_call = t.updater.accumulate(t.params, per_call, None, part, group_advantages(sc.rewards[i:i + M], G,
-                                                                                        c.rl.advantage), w, r, res)
+    full = t.updater.gradient(t.params, None, [Part(sc.batch, adv, rows, rows)], UpdateResult())
+    (parts,) = GRPO(c).updates(list(range(R // G)), Calls())  # one update, of R / micro_batch_size calls
+    per_call = t.updater.gradient(t.params, None, parts, UpdateResult())
     diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
                zip(jax.tree.leaves(full), jax.tree.leaves(per_call)))
     scale = max(float(np.abs(np.asarray(a)).max()) for a in jax.tree.leaves(full))

@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 
 import tiny  # noqa: E402
+from eos_model import eos_likely_tiny  # noqa: E402
 
 from dashjax.config import ConfigError, validate  # noqa: E402
 from dashjax.train.metrics import read_metrics  # noqa: E402
@@ -62,9 +63,11 @@ def test_sampler_calls_per_update(tmp_path, algo, expected_calls, rows_per_call)
 
 
 def test_dash_filters_without_recompiling(tmp_path):
-  """Steps keep different numbers of rows, run different numbers of micro-steps, and compile once."""
+  """Steps keep different numbers of rows, run different numbers of micro-steps, and compile once; rows end early
+  (EOS-likely model), so the sampler compacts live rows into smaller buckets, each compiled once."""
   c = _config(**{"train.num_steps": 6, "rl.prompts_per_step": 8, "sampling.batch_size": 32})
-  trainer = Trainer(c, str(tmp_path))
+  trainer = Trainer(c, str(tmp_path), model_and_tokenizer=eos_likely_tiny())
+  stats = _record_sampler_stats(trainer)
   ms = [trainer.train_step() for _ in range(6)]
   trainer.close()
   kept = [m["kept_fraction"] for m in ms]
@@ -73,28 +76,51 @@ def test_dash_filters_without_recompiling(tmp_path):
     rows = round(m["kept_fraction"] * 32)
     assert m["micro_steps"] == -(-rows // 4)  # fewer micro-steps when rows are filtered
     assert m["update_skipped"] == (rows == 0)
+  assert all(0 < m["truncated_fraction"] < 1 for m in ms), [m["truncated_fraction"] for m in ms]
+  assert sum(s.compactions for s in stats) >= 3 and len({s.slot_steps for s in stats}) > 1  # varied paths
   assert trainer.learner.micro_step._cache_size() == 1
   assert trainer.learner._apply._cache_size() == 1
   traces = trainer.collector.sampler.traces  # continuous batching: each program/bucket compiled once
-  assert traces and set(traces.values()) == {1}, traces
+  assert any(k.startswith("compact") for k in traces) and set(traces.values()) == {1}, traces
+
+
+def _record_sampler_stats(trainer) -> list:
+  """The continuous sampler's stats of each call the trainer makes, in a list that grows as it runs."""
+  sampler, out = trainer.collector.sampler, []
+
+  def stats(rollouts):
+    out.append(sampler.last_stats)
+    return sampler.last_stats
+
+  sampler.stats = stats
+  return out
 
 
 def test_continuous_and_static_samplers_train_identically(tmp_path):
-  """Same rows, rewards, kept rows, losses and gradient norms whether ended rows keep decoding or not."""
-  runs = {}
+  """Same rows, rewards, kept rows, losses and gradient norms whether ended rows keep decoding or not. Rows end
+  early (EOS-likely model); 4 slots for the 8 rows of a call, so queued rows take the slots of ended ones (refill),
+  then live rows move into 2 slots (compaction)."""
+  runs, stats = {}, []
   for continuous in (True, False):
     c = _config(**{"train.num_steps": 3, "sampling.continuous": continuous, "sampling.batch_size": 8,
-                   "sampling.min_slots": 2})
-    trainer = Trainer(c, str(tmp_path / str(continuous)))
+                   "sampling.slots": 4, "sampling.min_slots": 2})
+    trainer = Trainer(c, str(tmp_path / str(continuous)), model_and_tokenizer=eos_likely_tiny())
+    if continuous:
+      assert trainer.collector.sampler.buckets(8) == (4, 2)
+      stats = _record_sampler_stats(trainer)
     runs[continuous] = [trainer.train_step() for _ in range(3)]
     trainer.close()
-  waste = [m["wasted_slot_fraction"] for m in runs[False]]
   drop = set(TIMING) | {"decode_slot_steps", "wasted_slot_fraction"}
   assert [{k: v for k, v in m.items() if k not in drop} for m in runs[True]] == \
       [{k: v for k, v in m.items() if k not in drop} for m in runs[False]]
-  assert all(c <= s for c, s in zip([m["decode_slot_steps"] for m in runs[True]],
-                                    [m["decode_slot_steps"] for m in runs[False]]))
-  print(f"wasted slot-step fraction: static {waste}, continuous {[m['wasted_slot_fraction'] for m in runs[True]]}")
+  assert all(0 < m["truncated_fraction"] < 1 for m in runs[True]), [m["truncated_fraction"] for m in runs[True]]
+  assert len(stats) == 6 and sum(s.compactions for s in stats) >= 3
+  # A call's rows 5-8 decode only in slots freed by ended rows (refill); ended rows cost nothing more, where the
+  # static sampler decodes every row until the last one ends.
+  assert all(c < s for c, s in zip([m["decode_slot_steps"] for m in runs[True]],
+                                   [m["decode_slot_steps"] for m in runs[False]]))
+  print(f"wasted slot-step fraction: static {[m['wasted_slot_fraction'] for m in runs[False]]}, continuous "
+        f"{[m['wasted_slot_fraction'] for m in runs[True]]}")
 
 
 def _strip(rows):

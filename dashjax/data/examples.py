@@ -11,6 +11,13 @@ class DataError(ValueError):
   """Data that cannot be used as given: the message names the file (or dataset), the row and the field."""
 
 
+class MissingFieldError(DataError, KeyError):
+  """A configured field (data.problem_field, ...) that no row has: the user's input, reported as such; still a
+  KeyError for callers that catch one."""
+
+  __str__ = ValueError.__str__  # KeyError's would quote the whole message
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
   """A training or evaluation problem.

@@ -16,6 +16,8 @@ import numpy as np
 from dashjax.data.examples import DataError, Example, jsonable
 from dashjax.data.tables import FILE_FORMATS, file_examples, hub_examples  # noqa: F401 (re-exported)
 
+SOURCES = ("gym", "file", "hub")  # data.source
+
 # reasoning-gym seeds item i with Random(seed + i) and some tasks use np.random.seed(seed + i) (< 2**32).
 _GYM_SEED_RANGE = 2**31
 
@@ -183,5 +185,5 @@ def load_examples(data_cfg) -> tuple[list[Example], list[Example]]:
     hsplit = _get(d, "heldout_split")
     heldout = hub_examples(name, hsplit, config=config, **fields) if hsplit else None
   else:
-    raise DataError(f"unknown data.source {source!r}; use 'gym', 'file' or 'hub'")
+    raise DataError(f"unknown data.source {source!r}; use one of {SOURCES}")
   return _split_tables(train, heldout, train_size, heldout_size, seed)

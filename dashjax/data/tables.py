@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, Iterable
 
-from dashjax.data.examples import DataError, Example, jsonable
+from dashjax.data.examples import DataError, Example, MissingFieldError, jsonable
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet", ".pq": "parquet",
                 ".csv": "csv", ".arrow": "arrow"}
@@ -92,7 +92,8 @@ def _examples(rows: Iterable[tuple[str, Any, str | None]], columns: list[str], f
   for role, field in fields:
     # A field absent from every row is a config mistake, not bad rows: say which columns there are.
     if columns and field not in columns:
-      raise KeyError(f"{where} has no {role} field {field!r} (set data.{role}_field); available columns: {columns}")
+      raise MissingFieldError(f"{where} has no {role} field {field!r} (set data.{role}_field); available columns: "
+                              f"{columns}")
   (_, problem_field), (_, answer_field) = fields
   out, count = [], 0
   for i, (loc, row, error) in enumerate(rows, start):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -21,15 +22,22 @@ ALIASES = {"smollm2-135m-instruct": _smollm2_path}
 RANDOM_ALIASES = ("tiny-random",)
 
 
+@functools.lru_cache(maxsize=1)
+def _smollm2_tokenizer():
+  # Built from the GGUF in ~7 s; read-only once built, so every tiny model of a process shares one.
+  from dashjax.models.gguf_io import GGUFFile, gguf_tokenizer, smollm2_gguf_path
+
+  return gguf_tokenizer(GGUFFile(smollm2_gguf_path()))
+
+
 def tiny_random_model(dtype="float32", seed: int = 0, param_dtype="float32"):
   """A 2-layer random Llama with SmolLM2's tokenizer, for plumbing tests and smoke runs (it knows nothing)."""
   from flax import nnx
 
   from dashjax.models.config import ModelConfig, resolve_dtype
-  from dashjax.models.gguf_io import GGUFFile, gguf_tokenizer, smollm2_gguf_path
   from dashjax.models.transformer import Transformer
 
-  tokenizer = gguf_tokenizer(GGUFFile(smollm2_gguf_path()))
+  tokenizer = _smollm2_tokenizer()
   cfg = ModelConfig("llama", len(tokenizer), 64, 128, 2, 4, 2, 16, tie_word_embeddings=True, rope_theta=1e5,
                     eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
                     bos_token_id=tokenizer.bos_token_id)

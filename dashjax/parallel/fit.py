@@ -30,6 +30,7 @@ from dashjax.models.presets import model_config
 from dashjax.models.transformer import Transformer
 from dashjax.parallel.cost import CostError, chip_for, decode_floor, kv_bytes_per_token, program_cost
 from dashjax.parallel.fit_sampler import continuous_jobs, decode_step_job
+from dashjax.parallel.plan import samples_micro_batches
 from dashjax.parallel.mesh import (LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, opt_state_shardings,
                                    param_shardings)
 from dashjax.sampling import Sampler, make_sampler
@@ -191,7 +192,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   capacity = chip_memory(devices[0])
   c = config
   cfg = model_cfg or model_config(c.model.source)
-  dtype, param_dtype = resolve_dtype(c.model.dtype), resolve_dtype(c.model.get("param_dtype", "float32"))
+  dtype, param_dtype = resolve_dtype(c.model.dtype), resolve_dtype(c.model.param_dtype)
   model = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
   learner_sh = param_shardings(state, mesh, LEARNER_RULES)
@@ -223,7 +224,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
     P_call = plan.sampler_rows // c.rl.samples_per_prompt
     prompts = (sampler_params, rows((P_call, T), jnp.int32), rows((P_call, T), bool), key)
     # grpo keeps the sampler's copy alive through its micro-steps
-    grpo_copy = cast_b if c.rl.algo == "grpo" else 0
+    grpo_copy = cast_b if samples_micro_batches(c) else 0
     jobs.append(("sampler", sampler, prompts, stored + moments + ref_b))
   jobs.append(("micro_step", learner.micro_step, (params, params, ref, micro_batch),
                moments + (grpo_copy if c.mode == "rl" else 0)))
@@ -270,7 +271,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   return {
       "topology": topology or f"local:{platform}", "chips": len(devices), "device_kind": devices[0].device_kind,
       "memory_per_chip_bytes": int(capacity), "mesh": dict(zip(("data", "fsdp", "tensor"), plan.mesh_shape)),
-      "model": c.model.source, "dtype": c.model.dtype, "param_dtype": c.model.get("param_dtype", "float32"),
+      "model": c.model.source, "dtype": c.model.dtype, "param_dtype": c.model.param_dtype,
       "state_per_chip_bytes": {"params": stored, "opt_state": moments, "ref_params": ref_b, "sampler_params": cast_b},
       "programs": {r.name: {"total_bytes": r.total_bytes, "program_bytes": r.program_bytes,
                             "argument_bytes": r.argument_bytes, "output_bytes": r.output_bytes,

@@ -38,6 +38,13 @@ class PlanError(ConfigError):
   """No allowed size fits, or the planner cannot cost this target; one line."""
 
 
+def samples_micro_batches(c) -> bool:
+  """grpo's kind of algorithm: one sampler call per micro-batch, so its sampler size is its micro-batch."""
+  from dashjax.rl.algorithms import algorithm
+
+  return algorithm(c).sampler_rows_field == "train.micro_batch_size"
+
+
 def is_auto(c) -> bool:
   return any(str(_get(c, f)).lower() == AUTO for f in FIELDS)
 
@@ -51,7 +58,7 @@ def with_sizes(c, sampler_rows: int, micro: int):
   """A copy of `c` with both sizes concrete (grpo samples micro-batches: its sampler size follows m)."""
   out = c.copy_and_resolve_references()
   with out.unlocked(), out.ignore_type():  # the copy's fields are typed by their values ("auto" is a str)
-    out.sampling.batch_size = int(micro if c.rl.algo == "grpo" else sampler_rows)
+    out.sampling.batch_size = int(micro if samples_micro_batches(c) else sampler_rows)
     out.train.micro_batch_size = int(micro)
   return out
 
@@ -68,7 +75,7 @@ def allowed(c, num_devices: int, free: bool = False) -> list[tuple[int, int]]:
   auto_s, auto_m = (free or str(_get(c, f)).lower() == AUTO for f in FIELDS)
   sizes_s = divisors if auto_s else [int(c.sampling.batch_size)]
   sizes_m = divisors if auto_m else [int(c.train.micro_batch_size)]
-  if c.rl.algo == "grpo" or c.mode == "sft":
+  if samples_micro_batches(c) or c.mode == "sft":
     sizes_s = sizes_s[-1:]  # unused: grpo's calls are micro-batches, sft samples only to evaluate
   pairs, first_error = [], None
   for s in sizes_s:
@@ -114,9 +121,9 @@ def choose(c, pairs, sampler: Side, learner: Side, apply_s: float, capacity: int
   """The candidate table and the choice (least update time among those that fit; ties: less memory)."""
   G = 1 if c.mode == "sft" else int(c.rl.samples_per_prompt)
   R = int(c.rl.prompts_per_step) * G
-  passes = int(c.rl.get("epochs_per_batch", 1))
-  applies = int(c.rl.get("updates_per_batch", 1)) * passes
-  grpo = c.rl.algo == "grpo"
+  passes = int(c.rl.epochs_per_batch)
+  applies = int(c.rl.updates_per_batch) * passes
+  grpo = samples_micro_batches(c)
   limit = (1.0 - margin) * capacity
   rows = []
   for s, m in pairs:
@@ -158,7 +165,7 @@ def plan(c, *, topology: str = "", devices=None, margin: float = MARGIN, progres
 
   devices = list(devices if devices is not None else jax.devices())
   pairs = allowed(c, len(devices), free)
-  grpo = c.rl.algo == "grpo"
+  grpo = samples_micro_batches(c)
   s_sizes = sorted({m if grpo else s for s, m in pairs}) if c.mode == "rl" else []
   m_sizes = sorted({m for _, m in pairs})
   t0 = time.perf_counter()

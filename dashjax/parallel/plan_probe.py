@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dashjax.parallel.plan import PlanError, Side, probe_points, with_sizes
+from dashjax.parallel.plan import PlanError, Side, probe_points, samples_micro_batches, with_sizes
 
 PREDICTED_POINTS = 2  # sizes compiled per axis for a TPU slice (memory and cost are affine in rows)
 PROBE_TOKENS = 64  # a measured sampler call decodes at most this many tokens; longer calls are scaled from it
@@ -50,7 +50,7 @@ def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
   arch = model_config(c.model.source)
   L = arch.num_layers
   T, N = int(c.data.max_prompt_tokens), int(c.sampling.max_new_tokens)
-  grpo = c.rl.algo == "grpo"
+  grpo = samples_micro_batches(c)
   sampler = {"memory": {}, "seconds": {}, "worst": {}}
   learner = {"memory": {}, "seconds": {}, "worst": {}}
   apply_l = {}
@@ -149,8 +149,8 @@ def measured_sides(c, devices, s_points, m_points, pairs, say):
   arch = model_config(c.model.source)
   T, N = int(c.data.max_prompt_tokens), int(c.sampling.max_new_tokens)
   G = 1 if c.mode == "sft" else int(c.rl.samples_per_prompt)
-  grpo = c.rl.algo == "grpo"
-  dtype, param_dtype = resolve_dtype(c.model.dtype), resolve_dtype(c.model.get("param_dtype", "float32"))
+  grpo = samples_micro_batches(c)
+  dtype, param_dtype = resolve_dtype(c.model.dtype), resolve_dtype(c.model.param_dtype)
   first = with_sizes(c, *pairs[0])
   mesh = make_mesh(validate(first, num_devices=len(devices), check_model_source=False).mesh_shape, devices)
   say("random weights for the probe")

@@ -62,6 +62,11 @@ _PRELOAD = ["dashjax.rewards.pool", "dashjax.rewards.math", "dashjax.rewards.gym
             "reasoning_gym"]
 
 
+def scorer_names() -> tuple[str, ...]:
+  """The scorers reward.fn may name (besides a 'module:function' path): the built-in ones and any registered."""
+  return tuple(_REGISTRY)
+
+
 def register_scorer(name: str, fn: Callable[[str, Any], float] | str) -> None:
   """Registers `fn(completion, target) -> float` under `name`. fn must be importable: a module-level function or
   a "module:qualname" string (workers import it by that path)."""

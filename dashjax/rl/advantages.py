@@ -8,6 +8,15 @@ ESTIMATORS = ("grpo", "mean", "rloo")
 STD_EPS = 1e-4  # as in the paper's reference code (added to the unbiased std)
 
 
+def group_size_problem(estimator: str, group_size: int) -> str | None:
+  """Why groups of `group_size` rows would train nothing under `estimator` (None: they can train)."""
+  if group_size < 2:  # every estimator compares a reward with its group's others: alone, its advantage is 0
+    return (f"rl.samples_per_prompt={group_size}: rl.advantage={estimator!r} compares each reward with the other "
+            f"samples of its prompt, so a group of one has advantage 0 and nothing would be learned; set "
+            f"rl.samples_per_prompt >= 2 (e.g. 4)")
+  return None
+
+
 def group_advantages(rewards_R: np.ndarray, group_size: int, estimator: str = "grpo") -> np.ndarray:
   """Advantages [R] (float32), computed on the host once all rewards of the sampled batch are known.
 
@@ -19,16 +28,16 @@ def group_advantages(rewards_R: np.ndarray, group_size: int, estimator: str = "g
   r = np.asarray(rewards_R, np.float64)
   if r.size % group_size:
     raise ValueError(f"{r.size} rewards do not split into groups of rl.samples_per_prompt={group_size}")
+  problem = group_size_problem(estimator, group_size)
+  if problem:
+    raise ValueError(problem)
   g = r.reshape(-1, group_size)
   mean = g.mean(axis=1, keepdims=True)
   if estimator == "grpo":
-    std = g.std(axis=1, ddof=1, keepdims=True) if group_size > 1 else np.zeros_like(mean)
-    adv = (g - mean) / (std + STD_EPS)
+    adv = (g - mean) / (g.std(axis=1, ddof=1, keepdims=True) + STD_EPS)
   elif estimator == "mean":
     adv = g - mean
   else:
-    if group_size < 2:
-      raise ValueError("rl.advantage='rloo' needs rl.samples_per_prompt >= 2")
     adv = (g - mean) * group_size / (group_size - 1)  # r - (sum - r) / (G - 1)
   adv = np.where(np.isclose(g, mean, rtol=0, atol=1e-12).all(axis=1, keepdims=True), 0.0, adv)
   return adv.reshape(-1).astype(np.float32)

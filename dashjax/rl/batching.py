@@ -72,6 +72,32 @@ def token_weights(mask_RxN: np.ndarray, counted_R: np.ndarray, aggregation: str)
   return w.astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """Rows of one batch that one optimizer update backprops (an algorithm yields these; see rl/algorithms.py)."""
+
+  batch: RolloutBatch
+  adv_R: np.ndarray
+  rows: np.ndarray  # rows backpropped
+  counted: np.ndarray  # rows the loss is normalized over with normalization="sampled"
+  scale: float = 1.0  # this batch's share of the update's loss (grpo: rows of the call / rows of the update)
+
+
+def prepare(part: Part, micro_batch_size: int, *, aggregation: str, normalization: str = "sampled",
+            group: int = 1) -> "MicroBatches":
+  """A part's learner inputs in one call: each token's exact weight in the update's loss, then the rows packed.
+
+  normalization "sampled" counts `part.counted` (every row the update sampled), so dropping zero-advantage rows
+  leaves the other rows' weights, and hence the update, unchanged; "kept" counts only the rows backpropped (a larger
+  step when many rows are filtered)."""
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"rl.filter_normalization={normalization!r} is not one of {NORMALIZATIONS}")
+  counted = np.zeros(part.batch.num_rows)
+  counted[part.counted if normalization == "sampled" else part.rows] = 1.0
+  weights = token_weights(part.batch.completion_mask_RxN, counted, aggregation) * part.scale
+  return pack_micro_batches(part.batch, part.adv_R, weights, part.rows, micro_batch_size, group)
+
+
 def keep_mask(adv_R: np.ndarray, threshold: float | None) -> np.ndarray:
   """Gradient filtering: keep rows with |advantage| > threshold (None keeps every row)."""
   if threshold is None:

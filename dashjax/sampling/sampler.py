@@ -41,7 +41,7 @@ class SamplingConfig:
   continuous: bool = True
   slots: int = 0  # continuous: decode slots, 0 = every row of the call
   chunk_steps: int = 0  # continuous: most decode steps per compiled chunk, 0 = until a compaction is possible
-  min_slots: int = 1  # continuous: the smallest compiled batch that live rows are compacted into
+  min_slots: int = 4  # continuous: the smallest compiled batch that live rows are compacted into (one program each)
   bucket_step: int = 0  # continuous: compiled batches every `bucket_step` rows (then powers of two); 0: powers of two
   attention_block: int = 128  # continuous: generated keys read per block (only blocks up to the longest row)
 

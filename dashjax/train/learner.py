@@ -20,6 +20,7 @@ from dashjax.rl.losses import kl_penalty, policy_loss
 from dashjax.train.logprobs import completion_logprobs
 
 STAT_KEYS = ("loss", "pg_loss", "kl", "clip_frac", "weight", "entropy_proxy")
+LR_SCHEDULES = ("constant", "linear")  # train.lr_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +104,7 @@ def make_optimizer(learning_rate: float, num_steps: int, *, warmup_steps: int = 
   elif schedule == "linear":
     decay = optax.linear_schedule(learning_rate, 0.0, max(num_steps - warmup_steps, 1))
   else:
-    raise ValueError(f"train.lr_schedule={schedule!r} is not one of ('constant', 'linear')")
+    raise ValueError(f"train.lr_schedule={schedule!r} is not one of {LR_SCHEDULES}")
   lr = optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps]) \
       if warmup_steps > 0 else decay
   parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []

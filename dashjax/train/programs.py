@@ -15,24 +15,20 @@ import jax
 from dashjax.models.compute import ComputeOptions, cast_floats
 from dashjax.models.config import resolve_dtype
 from dashjax.parallel.mesh import LEARNER_RULES, fsdp_gather, row_constraint
+from dashjax.rl.algorithms import algorithm
 from dashjax.sampling import Sampler, SamplingConfig, make_sampler
 from dashjax.train.learner import Learner, LossConfig, make_optimizer
 
 
 def compute_options(config, mesh) -> ComputeOptions:
   tr = config.train
-  return ComputeOptions(remat=tr.get("remat", "none"), attention=tr.get("attention", "auto"),
-                        attention_block=int(tr.get("attention_block", 512)), scan_layers=bool(tr.get("scan_layers", False)),
-                        gather=fsdp_gather(mesh, LEARNER_RULES),
+  return ComputeOptions(remat=tr.remat, attention=tr.attention, attention_block=int(tr.attention_block),
+                        scan_layers=bool(tr.scan_layers), gather=fsdp_gather(mesh, LEARNER_RULES),
                         constrain=row_constraint(mesh))
 
 
 def loss_config(config) -> LossConfig:
-  c = config
-  if c.mode == "sft":  # plain likelihood of the gold tokens: no temperature, ratio or KL
-    return LossConfig(temperature=1.0, on_policy=True)
-  return LossConfig(temperature=c.sampling.temperature, on_policy=c.rl.algo not in ("ppo_multi", "ppo_mini"),
-                    clip_eps=c.rl.clip_eps, kl_beta=c.rl.kl_beta, kl_estimator=c.rl.kl_estimator)
+  return LossConfig(**algorithm(config).loss_fields())
 
 
 def optimizer(config, plan):
@@ -46,7 +42,7 @@ def optimizer(config, plan):
 def learner(config, plan, graphdef, opt, mesh, learner_shardings) -> Learner:
   return Learner(graphdef, opt, loss_config(config), config.data.max_prompt_tokens, param_shardings=learner_shardings,
                  prompt_group=plan.learner_prompt_group, compute=compute_options(config, mesh),
-                 logprob_chunk=int(config.train.get("logprob_chunk", 0)))
+                 logprob_chunk=int(config.train.logprob_chunk))
 
 
 def batching_options(config) -> dict:
@@ -55,8 +51,8 @@ def batching_options(config) -> dict:
   Multi-process runs use the static sampler: the continuous one reads its live-row counts on the host between
   compiled chunks, which would need a cross-host gather per chunk."""
   sp = config.sampling
-  continuous = bool(sp.get("continuous", True)) and jax.process_count() == 1
-  return dict(continuous=continuous, slots=int(sp.get("slots", 0)), min_slots=int(sp.get("min_slots", 4)))
+  continuous = bool(sp.continuous) and jax.process_count() == 1
+  return dict(continuous=continuous, slots=int(sp.slots), min_slots=int(sp.min_slots))
 
 
 def train_sampler(config, graphdef, eos_ids, pad_id: int):
@@ -105,6 +101,6 @@ class SamplerCast:
 def sampler_cast(config, sampler_shardings, learner_shardings) -> SamplerCast | None:
   """The compute-dtype copy for the samplers; None when storage is compute (they read the stored parameters)."""
   dtype = resolve_dtype(config.model.dtype)
-  if resolve_dtype(config.model.get("param_dtype", "float32")) == dtype:
+  if resolve_dtype(config.model.param_dtype) == dtype:
     return None
   return SamplerCast(dtype, learner_shardings, sampler_shardings)

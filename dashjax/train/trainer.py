@@ -1,16 +1,10 @@
-"""The training loop: sample, score, filter, update; evaluate, log and checkpoint.
+"""The training loop: collect (sample, score, advantages), the algorithm's updates, metrics; evaluate, log and
+checkpoint.
 
-Algorithms (`rl.algo`), all from one loop:
-  dash       one sampling pass of P*G rows per update, in calls of `sampling.batch_size` rows; rows with
-             |advantage| <= rl.filter_threshold are dropped before backprop and the rest packed into fewer
-             micro-batches.
-  pg         the same without filtering (preemptive sampling alone).
-  grpo       the paper's standard implementation: the sampler is called once per micro-batch, with micro-batch-sized
-             batches, and gradients accumulate to one update.
-  ppo_multi  one sampling pass, then rl.epochs_per_batch updates over all rows with clipped ratios against the
-             sampler's log-probs.
-  ppo_mini   one sampling pass split into rl.updates_per_batch mini-batches of whole groups, one update each.
-`train.num_steps` counts sampled batches; each is one optimizer update except for the PPO variants.
+Every algorithm (dash, pg, grpo, ppo_multi, ppo_mini, and SFT with mode="sft"; see `dashjax.rl.algorithms`) runs
+through the same `train_step`: the algorithm decides when the trainer collects rows and which rows each of its
+optimizer updates backprops. `train.num_steps` counts sampled batches; each is one optimizer update except for the
+PPO variants.
 """
 
 from __future__ import annotations
@@ -19,7 +13,6 @@ import logging
 import math
 import signal
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +27,7 @@ from dashjax.parallel.distributed import any_host, is_main_process
 from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, make_mesh, opt_state_shardings, param_shardings
 from dashjax.rewards import RewardPool
 from dashjax.rl.advantages import group_advantages
-from dashjax.rl.batching import keep_mask
+from dashjax.rl.algorithms import Sampled, algorithm
 from dashjax.sampling.generate import eos_ids_for
 from dashjax.store import paths
 from dashjax.store.logs import JsonlLog
@@ -44,7 +37,8 @@ from dashjax.train import programs
 from dashjax.train.metrics import MetricsWriter, plot_curve
 from dashjax.train.rollouts import RolloutCollector
 from dashjax.train.sft import sft_batch
-from dashjax.train.update import Updater, UpdateResult
+from dashjax.train.steplog import StepLog
+from dashjax.train.update import TrainState, Updater, UpdateResult
 
 log = logging.getLogger("dashjax")
 
@@ -83,16 +77,17 @@ class Trainer:
       print(size_plan.format_table(report), file=sys.stderr, flush=True)
     self.config, self.workdir, self.read_only = config, workdir, read_only
     self.plan = validate(config, check_model_source=model_and_tokenizer is None)
+    self.algo = algorithm(config)
     if not read_only:
       paths.makedirs(workdir)
     c, plan = config, self.plan
     self.mesh = make_mesh(plan.mesh_shape)
     model, self.tokenizer = model_and_tokenizer or load_model(c.model.source, dtype=c.model.dtype,
-                                                              param_dtype=c.model.get("param_dtype", "float32"))
+                                                              param_dtype=c.model.param_dtype)
     self.graphdef, params = nnx.split(model)
     self.learner_shardings = param_shardings(params, self.mesh, LEARNER_RULES)
     self.sampler_shardings = param_shardings(params, self.mesh, SAMPLER_RULES)
-    self.params = jax.device_put(params, self.learner_shardings)
+    params = jax.device_put(params, self.learner_shardings)
 
     self.formatter = PromptFormatter(self.tokenizer, template=c.data.template, instruction=c.data.instruction,
                                      max_prompt_tokens=c.data.max_prompt_tokens)
@@ -108,14 +103,14 @@ class Trainer:
                                       c.rl.samples_per_prompt, plan.sampler_rows, self.mesh)
 
     self.optimizer = programs.optimizer(c, plan)
-    opt_abstract = jax.eval_shape(self.optimizer.init, self.params)
-    self.opt_state = jax.jit(self.optimizer.init, out_shardings=opt_state_shardings(
-        opt_abstract, self.params, self.learner_shardings, self.mesh))(self.params)
+    opt_abstract = jax.eval_shape(self.optimizer.init, params)
+    opt_state = jax.jit(self.optimizer.init, out_shardings=opt_state_shardings(
+        opt_abstract, params, self.learner_shardings, self.mesh))(params)
     self.learner = programs.learner(c, plan, self.graphdef, self.optimizer, self.mesh, self.learner_shardings)
-    self.updater = Updater(self.learner, self.mesh, plan.micro_batch_size,
-                           "token_mean" if c.mode == "sft" else c.rl.loss_aggregation, c.rl.filter_normalization)
+    self.updater = Updater.from_config(c, plan, self.learner, self.mesh)
     # The KL reference is the initial policy; with kl_beta == 0 it is never kept nor run.
-    self.ref_params = jax.tree.map(jnp.copy, self.params) if c.rl.kl_beta > 0 else None
+    ref_params = jax.tree.map(jnp.copy, params) if self.learner.loss_cfg.kl_beta > 0 else None
+    self.state = TrainState(params, opt_state, ref_params)
     self._evaluator = None
 
     self.checkpointer = Checkpointer(paths.join(workdir, "checkpoints"), keep=c.train.keep_checkpoints,
@@ -126,7 +121,8 @@ class Trainer:
       if resume_step is not None and not read_only:
         self.checkpointer.set_aside_after(resume_step)
       try:
-        self.params, self.opt_state, meta = self.checkpointer.restore(self.params, self.opt_state, resume_step)
+        params, opt_state, meta = self.checkpointer.restore(params, opt_state, resume_step)
+        self.state = self.state._replace(params=params, opt_state=opt_state)
       except CheckpointError as e:
         self.checkpointer.close()  # Orbax's threads must not outlive the stopped run (a traceback at exit)
         self.pool.close()
@@ -149,6 +145,18 @@ class Trainer:
       raise ValueError(f"no {what} example fits in data.max_prompt_tokens={self.config.data.max_prompt_tokens}")
     return kept
 
+  @property
+  def params(self):
+    return self.state.params
+
+  @property
+  def opt_state(self):
+    return self.state.opt_state
+
+  @property
+  def ref_params(self):
+    return self.state.ref_params
+
   # --- one step ---------------------------------------------------------------------------------------------
 
   def sampler_params(self):
@@ -159,106 +167,15 @@ class Trainer:
     return jax.device_put(self.params, self.sampler_shardings)
 
   def train_step(self) -> dict:
-    if self.config.mode == "sft":
-      return self.sft_step()
-    c, plan = self.config, self.plan
-    G, R = c.rl.samples_per_prompt, plan.rows_per_batch
-    t_step = time.perf_counter()
-    key = jax.random.fold_in(jax.random.key(c.train.seed), self.step)
-    examples = self.iterator.next_batch()
-    result = UpdateResult(self.params, self.opt_state)
-    rewards, kept, truncated, lengths, timed_out, errors = [], 0, [], [], 0, 0
-    self.first_reward_error = None
-    sample_s = reward_s = 0.0
-    calls = 0
-    slots0, wasted0 = self.collector.slot_steps, self.collector.wasted_slot_steps
-    if c.rl.algo == "grpo":
-      # Standard GRPO: sample a micro-batch, score it, backprop it; repeat; one update at the end.
-      grads = self.learner.zero_grads(self.params)
-      per_call = plan.sampler_rows // G
-      sp = self.sampler_params()
-      for i in range(0, len(examples), per_call):
-        sc = self.collector.collect(sp, examples[i:i + per_call], jax.random.fold_in(key, i))
-        adv = group_advantages(sc.rewards, G, c.rl.advantage)
-        rows = np.arange(sc.batch.num_rows)
-        # Normalized over the R rows of the whole update (exact for seq_mean/constant_length; token_mean uses this
-        # micro-batch's token count, as standard implementations do, since later micro-batches are not sampled yet).
-        weights = self.updater.weights(sc.batch, rows, rows) * (sc.batch.num_rows / R)
-        t0 = time.perf_counter()
-        grads = self.updater.accumulate(self.params, grads, self.ref_params, sc.batch, adv, weights, rows, result)
-        result.seconds += time.perf_counter() - t0
-        sample_s, reward_s, calls = sample_s + sc.sample_s, reward_s + sc.reward_s, calls + sc.sampler_calls
-        rewards.append(sc.rewards), truncated.append(sc.truncated), lengths.append(sc.batch.completion_mask_RxN.sum(1))
-        timed_out += int(sc.timed_out.sum())
-        errors += sc.num_errors
-        self.first_reward_error = self.first_reward_error or sc.first_error
-      t0 = time.perf_counter()
-      self.params, self.opt_state, norm = self.learner.apply(self.params, self.opt_state, grads)
-      result.grad_norm, result.updates = float(norm), 1
-      jax.block_until_ready(self.params)
-      result.seconds += time.perf_counter() - t0
-      kept = R
-    else:
-      sc = self.collector.collect(self.sampler_params(), examples, key)
-      sample_s, reward_s, calls = sc.sample_s, sc.reward_s, sc.sampler_calls
-      rewards, truncated, lengths = [sc.rewards], [sc.truncated], [sc.batch.completion_mask_RxN.sum(1)]
-      timed_out, errors, self.first_reward_error = int(sc.timed_out.sum()), sc.num_errors, sc.first_error
-      adv = group_advantages(sc.rewards, G, c.rl.advantage)
-      all_rows = np.arange(R)
-      if c.rl.algo in ("dash", "pg"):
-        keep = keep_mask(adv, c.rl.filter_threshold if plan.filtering else None)
-        rows = np.flatnonzero(keep)
-        kept = len(rows)
-        self.params, self.opt_state = self.updater.step(self.params, self.opt_state, self.ref_params, sc.batch, adv,
-                                                        rows, all_rows, result)
-      elif c.rl.algo == "ppo_multi":
-        kept = R
-        for _ in range(plan.epochs_per_batch):
-          self.params, self.opt_state = self.updater.step(self.params, self.opt_state, self.ref_params, sc.batch,
-                                                          adv, all_rows, all_rows, result)
-      else:  # ppo_mini
-        kept = R
-        for rows in np.split(all_rows, plan.updates_per_batch):
-          self.params, self.opt_state = self.updater.step(self.params, self.opt_state, self.ref_params, sc.batch,
-                                                          adv, rows, rows, result)
+    """Collect -> advantages -> the algorithm's updates -> metrics, the same for every algorithm."""
+    log = StepLog(self.collector, kl=self.learner.loss_cfg.kl_beta > 0)
+    source = _StepSource(self, jax.random.fold_in(jax.random.key(self.config.train.seed), self.step), log)
+    result = UpdateResult()
+    for parts in self.algo.updates(self.iterator.next_batch(), source):
+      self.state = self.updater.update(self.state, log.watch(parts), result)
     self.step += 1
-    rewards, truncated, lengths = np.concatenate(rewards), np.concatenate(truncated), np.concatenate(lengths)
-    s = result.stats
-    gen_tokens = float(lengths.sum())
-    return {
-        "step": self.step, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-        "kept_fraction": kept / R, "micro_steps": result.micro_steps, "sampler_calls": calls,
-        "optimizer_updates": result.updates, "update_skipped": result.skipped,
-        "sample_s": sample_s, "reward_s": reward_s, "update_s": result.seconds,
-        "step_s": time.perf_counter() - t_step, "tokens_per_s": gen_tokens / max(sample_s, 1e-9),
-        "response_len": float(lengths.mean()), "truncated_fraction": float(truncated.mean()),
-        "kl": (s["kl"] / s["weight"]) if c.rl.kl_beta > 0 and s["weight"] > 0 else None,
-        "pg_loss": s["pg_loss"], "clip_frac": (s["clip_frac"] / s["weight"]) if s["weight"] > 0 else 0.0,
-        "grad_norm": result.grad_norm if result.updates else None, "reward_timeouts": timed_out,
-        "reward_errors": errors, "decode_slot_steps": self.collector.slot_steps - slots0,
-        "wasted_slot_fraction": (self.collector.wasted_slot_steps - wasted0) / max(
-            self.collector.slot_steps - slots0, 1),
-        "epoch": self.iterator.epoch,
-    }
-
-  def sft_step(self) -> dict:
-    c = self.config
-    t_step = time.perf_counter()
-    examples = self.iterator.next_batch()
-    eos = self.tokenizer.eos_token_id
-    batch, cut = sft_batch(self.formatter, self.tokenizer, examples, c.sampling.max_new_tokens,
-                           c.data.solution_field, eos)
-    rows = np.arange(batch.num_rows)
-    result = UpdateResult(self.params, self.opt_state)
-    self.params, self.opt_state = self.updater.step(self.params, self.opt_state, None, batch,
-                                                    np.ones(batch.num_rows, np.float32), rows, rows, result)
-    self.step += 1
-    s = result.stats
-    return {"step": self.step, "nll": s["entropy_proxy"] / max(s["weight"], 1e-9), "micro_steps": result.micro_steps,
-            "optimizer_updates": result.updates, "update_s": result.seconds, "step_s": time.perf_counter() - t_step,
-            "target_len": float(batch.completion_mask_RxN.sum(1).mean()), "targets_cut": cut,
-            "grad_norm": result.grad_norm, "epoch": self.iterator.epoch, "kept_fraction": 1.0,
-            "reward_mean": float("nan")}
+    self.first_reward_error = log.first_error
+    return log.metrics(self.step, self.iterator.epoch, result)
 
   # --- evaluation, checkpoints, the loop --------------------------------------------------------------------
 
@@ -278,7 +195,7 @@ class Trainer:
     return out
 
   def save(self):
-    self.checkpointer.save(self.step, self.params, self.opt_state,
+    self.checkpointer.save(self.step, self.state.params, self.state.opt_state,
                            {"step": self.step, "data": self.iterator.state(), "seed": int(self.config.train.seed)})
 
   def request_stop(self, signum=signal.SIGTERM, *_):
@@ -302,7 +219,7 @@ class Trainer:
         summary["before"] = self._eval_and_report("before training")
       end = c.train.num_steps if stop_at is None else min(stop_at, c.train.num_steps)
       steps_run, self._rewarded, self._warned_errors = 0, False, False
-      bar = tqdm(total=c.train.num_steps, initial=self.step, disable=not progress, desc=f"{c.rl.algo}",
+      bar = tqdm(total=c.train.num_steps, initial=self.step, disable=not progress, desc=self.algo.name,
                  dynamic_ncols=True)
       while self.step < end:
         m = self.train_step()
@@ -316,7 +233,7 @@ class Trainer:
         self.metrics.write(m)
         steps_run += 1
         self._check_rewards(m, steps_run)
-        if c.mode == "sft":
+        if "nll" in m:  # sft
           bar.set_postfix(nll=f"{m['nll']:.3f}", s=f"{m['step_s']:.1f}")
         else:
           bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kept=f"{m['kept_fraction']:.2f}",
@@ -339,7 +256,7 @@ class Trainer:
       if self.step >= c.train.num_steps and c.eval.after:
         summary["after"] = self._eval_and_report("after training")
       if is_main_process():
-        summary["curve"] = plot_curve(self.workdir, title=f"{c.rl.algo} on {c.data.task} ({c.model.source})")
+        summary["curve"] = plot_curve(self.workdir, title=f"{self.algo.name} on {c.data.task} ({c.model.source})")
       return summary
     finally:
       for s, h in previous.items():
@@ -380,3 +297,28 @@ class Trainer:
       self.eval_log.close()
     self.pool.close()
     self.checkpointer.close()
+
+
+class _StepSource:
+  """The collect step of one training step, as the algorithms ask for it: sampled, scored rows with their group
+  advantages (`sample`), or gold completions (`gold`, SFT); each recorded in the step's log."""
+
+  def __init__(self, trainer: Trainer, key, log: StepLog):
+    self.trainer, self.key, self.log = trainer, key, log
+    self._sampler_params = None
+
+  def sample(self, examples, fold: int | None = None) -> Sampled:
+    t, c = self.trainer, self.trainer.config
+    if self._sampler_params is None:  # once per step: the parameters do not change between its collect calls
+      self._sampler_params = t.sampler_params()
+    key = self.key if fold is None else jax.random.fold_in(self.key, fold)
+    sc = t.collector.collect(self._sampler_params, examples, key)
+    self.log.scored.append(sc)
+    return Sampled(sc.batch, group_advantages(sc.rewards, c.rl.samples_per_prompt, c.rl.advantage), sc.rewards)
+
+  def gold(self, examples) -> Sampled:
+    t, c = self.trainer, self.trainer.config
+    batch, cut = sft_batch(t.formatter, t.tokenizer, examples, c.sampling.max_new_tokens, c.data.solution_field,
+                           t.tokenizer.eos_token_id)
+    self.log.gold.append((batch, cut))
+    return Sampled(batch, np.ones(batch.num_rows, np.float32))

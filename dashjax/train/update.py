@@ -1,27 +1,35 @@
-"""The update phase: filter, weight, pack and accumulate rows, then apply one optimizer step."""
+"""The update recipe, one for the trainer and the benchmarks: an algorithm's parts (rows of a batch to backprop)
+-> weights and packing (`rl.batching.prepare`) -> the compiled micro-steps -> one optimizer step."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from typing import NamedTuple
 
 import jax
-import numpy as np
 
 from dashjax.parallel.distributed import put
 from dashjax.parallel.mesh import batch_sharding
-from dashjax.rl.batching import pack_micro_batches, token_weights
+from dashjax.rl.algorithms import algorithm
+from dashjax.rl.batching import Part, prepare
 from dashjax.train.learner import STAT_KEYS
+
+
+class TrainState(NamedTuple):
+  params: object
+  opt_state: object
+  ref_params: object = None  # the KL reference (the initial policy); None when rl.kl_beta == 0
 
 
 @dataclasses.dataclass
 class UpdateResult:
-  params: object
-  opt_state: object
+  """What a step's updates did, summed over them."""
+
   micro_steps: int = 0
   updates: int = 0
   skipped: int = 0  # updates skipped because no row was kept
-  grad_norm: float = float("nan")
+  grad_norm: float = float("nan")  # of the last update
   stats: dict = dataclasses.field(default_factory=lambda: {k: 0.0 for k in STAT_KEYS})
   seconds: float = 0.0
 
@@ -37,40 +45,46 @@ class Updater:
     self.learner, self.mesh, self.mb = learner, mesh, micro_batch_size
     self.aggregation, self.normalization = aggregation, normalization
 
-  def weights(self, batch, rows_kept: np.ndarray, rows_counted: np.ndarray) -> np.ndarray:
-    """Per-token weights over the batch. Normalization "sampled" counts every row the update sampled, so dropping
-    zero-advantage rows leaves the other rows' weights, and hence the update, unchanged; "kept" counts only the
-    kept rows (a larger step when many rows are filtered)."""
-    counted = np.zeros(batch.num_rows)
-    counted[rows_counted if self.normalization == "sampled" else rows_kept] = 1.0
-    return token_weights(batch.completion_mask_RxN, counted, self.aggregation)
+  @classmethod
+  def from_config(cls, config, plan, learner, mesh) -> "Updater":
+    return cls(learner, mesh, plan.micro_batch_size, algorithm(config).loss_aggregation(),
+               config.rl.filter_normalization)
 
-  def accumulate(self, params, grads, ref_params, batch, adv, weights, rows, result: UpdateResult):
-    """Adds the gradient of the given rows' terms to `grads`, running ceil(len(rows) / M) micro-steps."""
-    mbs = pack_micro_batches(batch, adv, weights, rows, self.mb, self.learner.prompt_group)
-    pending = []
-    for i in range(mbs.num_micro):
-      mb = {k: put(v, batch_sharding(self.mesh, v.ndim)) for k, v in mbs[i].items()}
-      grads, stats = self.learner.micro_step(params, grads, ref_params, mb)
-      pending.append(stats)  # read after the loop: a read here would stall dispatch of the next micro-step
-    for stats in pending:
-      result.add_stats(stats)
-    result.micro_steps += mbs.num_micro
+  def micro_batches(self, part: Part):
+    return prepare(part, self.mb, aggregation=self.aggregation, normalization=self.normalization,
+                   group=self.learner.prompt_group)
+
+  def gradient(self, params, ref_params, parts, result: UpdateResult):
+    """The accumulated gradient of the parts' rows (None when no part has a row). Drawing the next part may sample
+    (grpo): that time is not counted in `result.seconds`."""
+    grads = None
+    for part in parts:
+      t0 = time.perf_counter()
+      if len(part.rows):
+        mbs = self.micro_batches(part)
+        grads = self.learner.zero_grads(params) if grads is None else grads
+        pending = []
+        for i in range(mbs.num_micro):
+          mb = {k: put(v, batch_sharding(self.mesh, v.ndim)) for k, v in mbs[i].items()}
+          grads, stats = self.learner.micro_step(params, grads, ref_params, mb)
+          pending.append(stats)  # read after the loop: a read here would stall dispatch of the next micro-step
+        for stats in pending:
+          result.add_stats(stats)
+        result.micro_steps += mbs.num_micro
+      result.seconds += time.perf_counter() - t0
     return grads
 
-  def step(self, params, opt_state, ref_params, batch, adv, rows, rows_counted, result: UpdateResult):
-    """One optimizer update from `rows` (or a skipped update, said so in the result, when `rows` is empty)."""
+  def update(self, state: TrainState, parts, result: UpdateResult) -> TrainState:
+    """One optimizer update from the parts' rows, or a skipped update (said so in the result) when there are none."""
+    grads = self.gradient(state.params, state.ref_params, parts, result)
     t0 = time.perf_counter()
-    rows = np.asarray(rows)
-    if len(rows) == 0:
+    if grads is None:
       result.skipped += 1
     else:
-      weights = self.weights(batch, rows, np.asarray(rows_counted))
-      grads = self.accumulate(params, self.learner.zero_grads(params), ref_params, batch, adv, weights, rows, result)
-      params, opt_state, norm = self.learner.apply(params, opt_state, grads)
+      params, opt_state, norm = self.learner.apply(state.params, state.opt_state, grads)
+      state = state._replace(params=params, opt_state=opt_state)
       result.grad_norm = float(norm)
       result.updates += 1
-    result.params, result.opt_state = params, opt_state
-    jax.block_until_ready(params)
+    jax.block_until_ready(state.params)
     result.seconds += time.perf_counter() - t0
-    return params, opt_state
+    return state
