@@ -1,12 +1,15 @@
 """The planner's choice against a measured grid: real training updates of the main job at each (sampler rows,
 micro-batch), on this machine.
 
-  python benchmarks/planner.py [--config configs/smollm2_arith.py] [--steps 3] [--json PATH]
+  python benchmarks/planner.py [--config configs/smollm2_arith.py] [--steps 3] [--kept-fraction K] [--json PATH]
+  python benchmarks/planner.py --grid-from PATH      # plan again against a stored grid (its measurements reused)
 
 For each pair of the grid a Trainer runs `--steps` updates (the first untimed: it compiles); time per update is the
 mean of the rest (sample + reward + update). The planner (`dashjax.parallel.plan`, measured on local devices) then
 plans the same config with both sizes `auto`; the table gives each pair's measured time against the grid's best and
-the planner's choice. Done when the choice is within 10% of the best.
+the planner's choice. Done when the choice is within 10% of the best. DASH backprops only its kept rows: the
+planner is told the kept fraction the main job's DASH runs had (`docs/benchmarks/dash_vs_grpo_seeds.json`, mean over
+steps and seeds), as a user would read it from a run's metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -51,10 +54,20 @@ def measure(config, loaded, s: int, m: int, steps: int, out: str) -> dict:
           "kept_fraction": mean("kept_fraction"), "micro_steps": mean("micro_steps")}
 
 
+def recorded_kept_fraction() -> float:
+  import json
+
+  d = json.load(open(os.path.join(ROOT, "docs", "benchmarks", "dash_vs_grpo_seeds.json")))
+  kept = [s["kept_fraction"] for r in d["runs"] for s in r["steps"]["dash"]]
+  return sum(kept) / len(kept)
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", default=os.path.join(ROOT, "configs", "smollm2_arith.py"))
   ap.add_argument("--steps", type=int, default=3)
+  ap.add_argument("--kept-fraction", type=float, default=None, help="default: the main job's DASH runs' mean")
+  ap.add_argument("--grid-from", default=None, help="a planner.py JSON whose grid measurements are reused")
   ap.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results", "planner.json"))
   args = ap.parse_args(argv)
   env = environment()
@@ -71,7 +84,8 @@ def main(argv=None):
   t0 = time.perf_counter()
   auto = copy.deepcopy(config)
   auto.sampling.batch_size = auto.train.micro_batch_size = "auto"
-  report = size_plan.plan(auto, progress=lambda msg: log(f"planner: {msg}"))
+  kept = args.kept_fraction if args.kept_fraction is not None else recorded_kept_fraction()
+  report = size_plan.plan(auto, progress=lambda msg: log(f"planner: {msg}"), kept_fraction=kept)
   plan_s = time.perf_counter() - t0
   log(size_plan.format_table(report))
   choice = (report["choice"]["sampling.batch_size"], report["choice"]["train.micro_batch_size"])
@@ -80,6 +94,12 @@ def main(argv=None):
     grid.append(choice)
   out = tempfile.mkdtemp(prefix="planner_grid_")
   rows = []
+  if args.grid_from:
+    import json
+
+    rows = json.load(open(args.grid_from))["grid"]
+    done = {(r["sampling.batch_size"], r["train.micro_batch_size"]) for r in rows}
+    grid = [p for p in grid if p not in done]
   for s, m in grid:
     r = measure(config, loaded, s, m, args.steps, out)
     log(f"grid s={s:3d} m={m:3d}: {r['update_s']:.2f} s per update (sample {r['sample_s']:.2f}, learn "
@@ -89,6 +109,7 @@ def main(argv=None):
   chosen = next(r for r in rows if (r["sampling.batch_size"], r["train.micro_batch_size"]) == choice)
   planned = {(r["sampling.batch_size"], r["train.micro_batch_size"]): r["update_s"] for r in report["candidates"]}
   result = {"environment": env, "config": args.config, "steps": args.steps, "plan_s": plan_s, "plan": report,
+            "kept_fraction_told": kept, "grid_from": args.grid_from,
             "grid": rows, "best": best, "choice": chosen, "choice_over_best": chosen["update_s"] / best["update_s"]}
   write_json(args.json, result)
   head = ["sampler rows", "micro-batch", "measured s/update", "x best", "planner's estimate s", ""]

@@ -73,6 +73,13 @@ def test_update_time_memory_and_choice_from_the_two_axes():
   fitting = [r for r in rows if r["fits"]]
   assert best["update_s"] == min(r["update_s"] for r in fitting)
   assert (best["sampling.batch_size"], best["train.micro_batch_size"]) == (16, 8)
+  # dash keeping a quarter of its rows: 4 of 16 rows, packed into ceil(4 / m) micro-steps.
+  rows, best = size_plan.choose(c, pairs, sampler, learner, apply_s=0.5, capacity=20 * GiB, margin=0.1,
+                                source="measured", kept_fraction=0.25)
+  by = {(r["sampling.batch_size"], r["train.micro_batch_size"]): r for r in rows}
+  assert by[8, 2]["micro_steps"] == 2 and by[8, 8]["micro_steps"] == 1 and by[8, 1]["micro_steps"] == 4
+  assert by[8, 2]["update_s"] == pytest.approx(2 * 1.8 + 2 * 0.4 + 0.5)
+  assert (best["sampling.batch_size"], best["train.micro_batch_size"]) == (16, 4)  # 2.6 + 1 x 0.6 + 0.5
   # Nothing fits: one line naming the smallest candidate's worst program and its bytes against the chip's.
   with pytest.raises(PlanError) as e:
     size_plan.choose(c, pairs, sampler, learner, apply_s=0.5, capacity=2 * GiB, margin=0.1, source="measured")

@@ -23,6 +23,8 @@ flags.DEFINE_string("topology", "", "A TPU slice such as v5e:2x4, v4:2x2x1, v5p:
                     "install -e '.[tpu]'); empty: the local devices, timed.")
 flags.DEFINE_string("json", "", "Also write the plan as JSON to this path.")
 flags.DEFINE_float("margin", 0.10, "Share of each chip's memory left free.")
+flags.DEFINE_float("kept_fraction", 1.0, "Share of rows a filtering algorithm (dash) is expected to backprop "
+                   "(a run's metrics.jsonl has it); 1: every row, an upper bound.")
 flags.DEFINE_bool("confirm", False, "With --topology: compile the chosen sizes' programs at the model's full size.")
 flags.DEFINE_bool("verbose", False, "Print the full traceback of an error.")
 FLAGS = flags.FLAGS
@@ -35,6 +37,8 @@ def _plan() -> int:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   if _CONFIG.value is None:
     raise CliError("--config is required (e.g. --config configs/qwen25_math.py:0.5b)")
+  if not 0.0 < FLAGS.kept_fraction <= 1.0:
+    raise CliError(f"--kept_fraction={FLAGS.kept_fraction} must be in (0, 1]")
   if not 0.0 <= FLAGS.margin < 1.0:
     raise CliError(f"--margin={FLAGS.margin} must be in [0, 1)")
   config = config_value(_CONFIG, sys.argv)
@@ -43,6 +47,7 @@ def _plan() -> int:
 
   try:
     report = plan.plan(config, topology=FLAGS.topology, margin=FLAGS.margin, free=True, confirm=FLAGS.confirm,
+                       kept_fraction=FLAGS.kept_fraction,
                        progress=lambda m: print(f"{PROG}: {m} ...", file=sys.stderr, flush=True))
   except FitError as e:
     raise CliError(str(e)) from None

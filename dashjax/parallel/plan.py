@@ -117,25 +117,34 @@ class Side:
   worst: dict  # size -> the name of the largest program
 
 
-def choose(c, pairs, sampler: Side, learner: Side, apply_s: float, capacity: int, margin: float, source: str):
-  """The candidate table and the choice (least update time among those that fit; ties: less memory)."""
+def choose(c, pairs, sampler: Side, learner: Side, apply_s: float, capacity: int, margin: float, source: str,
+           kept_fraction: float = 1.0):
+  """The candidate table and the choice (least update time among those that fit; ties: less memory).
+
+  `kept_fraction`: the share of rows a filtering algorithm (dash) is expected to backprop; the kept rows are packed
+  into ceil(kept x R / m) micro-steps. 1 (no filtering assumed) is an upper bound; a run's metrics.jsonl gives the
+  real figure (`kept_fraction`), about 0.2-0.5 for the main job."""
   G = 1 if c.mode == "sft" else int(c.rl.samples_per_prompt)
   R = int(c.rl.prompts_per_step) * G
   passes = int(c.rl.epochs_per_batch)
   applies = int(c.rl.updates_per_batch) * passes
   grpo = samples_micro_batches(c)
+  from dashjax.rl.algorithms import algorithm
+
+  kept = float(kept_fraction) if algorithm(c).filtering else 1.0
   limit = (1.0 - margin) * capacity
   rows = []
   for s, m in pairs:
     s_eff = m if grpo else s
     mem_s, mem_m = interpolate(sampler.memory, s_eff), interpolate(learner.memory, m)
     calls = 0 if c.mode == "sft" else R // s_eff
-    update = (calls * interpolate(sampler.seconds, s_eff) + passes * (R // m) * interpolate(learner.seconds, m)
+    steps = passes * max(1, math.ceil(kept * R / m - 1e-9))
+    update = (calls * interpolate(sampler.seconds, s_eff) + steps * interpolate(learner.seconds, m)
               + applies * apply_s)
     worst_name = _nearest(sampler.worst, s_eff) if mem_s >= mem_m else _nearest(learner.worst, m)
     rows.append({"sampling.batch_size": s_eff, "train.micro_batch_size": m, "fits": bool(max(mem_s, mem_m) <= limit),
                  "memory_bytes": int(max(mem_s, mem_m)), "worst_program": worst_name, "update_s": float(update),
-                 "sampler_calls": calls, "micro_steps": passes * (R // m), "source": source})
+                 "sampler_calls": calls, "micro_steps": steps, "source": source})
   ok = [r for r in rows if r["fits"]]
   if not ok:
     smallest = min(rows, key=lambda r: r["memory_bytes"])
@@ -153,7 +162,7 @@ def _nearest(named: dict, x):
 
 
 def plan(c, *, topology: str = "", devices=None, margin: float = MARGIN, progress=None, confirm: bool = False,
-         free: bool = False) -> dict:
+         free: bool = False, kept_fraction: float = 1.0) -> dict:
   """The planner's report: `choice`, `candidates`, `configured` (the config's own sizes, when set), `source`.
   `free`: plan both sizes whatever the config sets (the config's own sizes are then reported as `configured`)."""
   from dashjax.parallel.fit import topology_devices
@@ -180,8 +189,10 @@ def plan(c, *, topology: str = "", devices=None, margin: float = MARGIN, progres
     sampler, learner, apply_s, capacity = measured_sides(c, devices, probe_points(s_sizes, MEASURED_POINTS),
                                                          probe_points(m_sizes, MEASURED_POINTS), pairs, say)
     source = "measured"
-  rows, best = choose(c, pairs, sampler, learner, apply_s, capacity, margin, source)
+  rows, best = choose(c, pairs, sampler, learner, apply_s, capacity, margin, source, kept_fraction)
   report = {"choice": {f: best[f] for f in FIELDS}, "candidates": rows, "source": source,
+            "kept_fraction": kept_fraction, "sides": {"sampler": dataclasses.asdict(sampler),
+                                                      "learner": dataclasses.asdict(learner)},
             "topology": topology or f"local:{devices[0].platform}", "chips": len(devices),
             "memory_per_chip_bytes": int(capacity), "margin": margin, "apply_s": apply_s,
             "plan_s": round(time.perf_counter() - t0, 1), "configured": None}
