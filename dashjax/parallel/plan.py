@@ -31,7 +31,7 @@ from dashjax.config import ConfigError
 AUTO = "auto"
 FIELDS = ("sampling.batch_size", "train.micro_batch_size")
 MARGIN = 0.10  # of the chip's memory, left free
-MEASURED_POINTS = 4  # sizes probed per axis on local devices
+MEASURED_POINTS = 8  # sizes probed per axis on local devices (more are interpolated: the cost is convex in rows)
 
 
 class PlanError(ConfigError):
