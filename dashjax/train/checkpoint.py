@@ -33,7 +33,8 @@ class _OrbaxNoise(logging.Filter):
   # line and retries or stops the run.
   def filter(self, record):
     msg = record.getMessage()
-    return "Waiting for previous save" not in msg and "_SignalingThread.run() raised an exception" not in msg
+    return not any(noise in msg for noise in ("Waiting for previous save", "_SignalingThread.run() raised an exception",
+                                              "Commit operations or the Commit callback in background save thread"))
 
 
 logging.getLogger("absl").addFilter(_OrbaxNoise())
