@@ -70,6 +70,20 @@ class _OrbaxUnreadFutures(logging.Filter):
 logging.getLogger("asyncio").addFilter(_OrbaxUnreadFutures())
 
 
+class _NoOrbaxTracebacks(logging.Filter):
+  # Whatever else Orbax logs about a failed save keeps its line but not its traceback: the failure reaches `save`.
+  def filter(self, record):
+    if record.exc_info and ("orbax" in (record.pathname or "") or _from_orbax(record.exc_info)):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+for _name in ("absl", "asyncio", "orbax", ""):
+  logging.getLogger(_name).addFilter(_NoOrbaxTracebacks())
+for _handler in logging.getLogger().handlers:
+  _handler.addFilter(_NoOrbaxTracebacks())
+
+
 class Checkpointer:
   def __init__(self, directory: str, keep: int = 2, read_only: bool = False):
     # Remote paths (gs://...) go to Orbax as they are; abspath would turn them into local folders.
