@@ -77,9 +77,8 @@ def warm_up(trainer) -> float:
 def compile_counts(trainer) -> dict:
   learner = trainer.learner
   sampler = trainer.collector.sampler  # continuous batching: one trace per program and bucket size
-  compiled = sum(sampler.traces.values()) if hasattr(sampler, "traces") else sampler._fn._cache_size()
-  return {"sampler": compiled, "micro_step": learner.micro_step._cache_size(),
-          "apply": learner._apply._cache_size() if learner._apply is not None else 0}
+  compiled = sum(sampler.traces.values()) if hasattr(sampler, "traces") else sampler.program._cache_size()
+  return {"sampler": compiled, **learner.compile_counts()}
 
 
 def run_seed(config, algos, out_dir, loaded, seed: int, evaluate: bool, untimed: int = 0) -> dict:

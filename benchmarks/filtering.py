@@ -129,8 +129,7 @@ def main(argv=None):
         assert micro == res[f]["micro_steps"]
         res[f]["times_s"].append(dt)
       log(f"round {r + 1}: " + ", ".join(f"{f}: {res[f]['times_s'][-1]:.2f}s" for f in fractions))
-    compiles = {"micro_step": trainer.learner.micro_step._cache_size(),
-                "apply": trainer.learner._apply._cache_size()}
+    compiles = trainer.learner.compile_counts()
     if args.check:
       for f in fractions:
         res[f]["grad_rel_diff"], res[f]["grad_scale"] = gradient_check(trainer, batch, adv, rows[f])

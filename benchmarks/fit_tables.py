@@ -23,7 +23,7 @@ os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import qwen25_math  # noqa: E402
-from dashjax.parallel.fit import GiB, check, format_report  # noqa: E402
+from dashjax.train.fit import GiB, check, format_report  # noqa: E402
 
 SINGLE_CHIP = {"sampling.batch_size": 64, "train.micro_batch_size": 4, "eval.batch_size": 64, "mesh.data": 1,
                "mesh.fsdp": 1}

@@ -30,7 +30,7 @@ from benchmarks.common import RESULTS, environment, load_config, log, write_json
 from dashjax.config import validate  # noqa: E402
 from dashjax.models import ModelConfig, Transformer  # noqa: E402
 from dashjax.models.config import resolve_dtype  # noqa: E402
-from dashjax.parallel.fit import GiB, check  # noqa: E402
+from dashjax.train.fit import GiB, check  # noqa: E402
 from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, param_shardings  # noqa
 from dashjax.rl.advantages import group_advantages  # noqa: E402
 from dashjax.rl.algorithms import Sampled, algorithm  # noqa: E402
@@ -95,15 +95,15 @@ def main():
   params = jax.device_put(state, learner_sh)
   del state
   init_s = time.perf_counter() - t0
-  opt = programs.optimizer(c, plan)
-  opt_state = jax.jit(opt.init)(params)
-  learner = programs.learner(c, plan, graphdef, opt, mesh, learner_sh)
+  # no EOS: every row runs to the limit
+  progs = programs.build(c, plan, graphdef, mesh, learner_sh, sampler_sh, eos_ids=(), pad_id=0)
+  opt_state = jax.jit(progs.optimizer.init)(params)
+  learner = progs.learner
   state = TrainState(params, opt_state)
   del params, opt_state
   updater = Updater.from_config(c, plan, learner, mesh)  # the trainer's update recipe
   algo = algorithm(c)  # dash (configs/qwen25_math.py): filtering, one update per sampled batch
-  sampler = programs.train_sampler(c, graphdef, eos_ids=(), pad_id=0)  # no EOS: every row runs to the limit
-  cast = programs.sampler_cast(c, sampler_sh, learner_sh)
+  sampler, cast = progs.sampler, progs.cast
   rng = np.random.RandomState(0)
   P, T, N = args.prompts, args.prompt_tokens, args.new_tokens
 

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import qwen25_math  # noqa: E402
 from dashjax.models.presets import model_config  # noqa: E402
-from dashjax.parallel.fit import check  # noqa: E402
+from dashjax.train.fit import check  # noqa: E402
 
 PAPER_DASH_OVER_GRPO = 0.17  # the paper's GPU figure for the same workload
 

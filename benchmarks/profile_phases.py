@@ -236,7 +236,7 @@ def main(argv=None):
   tot, index = op_times(undonated, (params, learner.zero_grads(params), mb4))
   splits["micro_step (micro-batch 4)"] = (split_ops(tot, index, V), mt[4])
   for B in (4, 32):
-    tot, index = op_times(sampler._fn, inputs[B])
+    tot, index = op_times(sampler.program, inputs[B])
     splits[f"sampler call (B = {B})"] = (split_ops(tot, index, V, loop_phase=True), st[B])
   out["op_split"] = {}
   for what, (shares, secs) in splits.items():

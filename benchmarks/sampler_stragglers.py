@@ -93,7 +93,7 @@ def main(argv=None):
   static = Sampler(graphdef, dataclasses.replace(cfg, continuous=False))
   cont = ContinuousSampler(graphdef, cfg)
   t0 = time.perf_counter()
-  static_exe = static._fn.lower(params, tokens, valid, key0).compile()  # compile only: no full decode as warm-up
+  static_exe = static.program.lower(params, tokens, valid, key0).compile()  # compile only: no full decode as warm-up
   static_compile = time.perf_counter() - t0
   t0 = time.perf_counter()
   cont.warmup(params, tokens, valid, key0)

@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
       clip_eps=0.2,
       loss_aggregation="constant_length",  # token_mean, seq_mean, constant_length (the paper's dr_grpo)
   )
-  # batch_size and micro_batch_size may be "auto": chosen at start-up by dashjax.parallel.plan
+  # batch_size and micro_batch_size may be "auto": chosen at start-up by dashjax.train.plan
   c.sampling = dict(batch_size=_size(32), max_new_tokens=64, temperature=0.9, top_k=0, top_p=1.0, share_prefix=True,
                     # continuous batching: rows that end stop costing decode compute (their slot takes a queued row,
                     # or live rows move into a smaller compiled batch); false: the static one-program sampler.
@@ -137,10 +137,13 @@ def _check_fields_before_load(c, check_model_source: bool):
     problem = source_problem(str(c.model.source))
     if problem:
       raise ConfigError(problem)
-  if not 0.0 < float(sp.top_p) <= 1.0:
-    raise ConfigError(f"sampling.top_p={sp.top_p} must be in (0, 1] (1 disables nucleus sampling)")
-  if int(sp.top_k) < 0:
-    raise ConfigError(f"sampling.top_k={sp.top_k} must be >= 0 (0 disables top-k)")
+  from dashjax.sampling.sampler import SamplingConfig
+
+  try:  # the sampler's own bounds, checked where they are written and named here as config fields
+    SamplingConfig(max_new_tokens=int(sp.max_new_tokens), temperature=float(sp.temperature), top_k=int(sp.top_k),
+                   top_p=float(sp.top_p), slots=int(sp.slots), min_slots=int(sp.min_slots))
+  except ValueError as e:
+    raise ConfigError(f"sampling.{e}") from None
   if float(rw.timeout_s) <= 0:
     raise ConfigError(f"reward.timeout_s={rw.timeout_s} must be > 0 (seconds allowed to score one completion)")
   if int(rw.workers) < 0:
@@ -158,9 +161,6 @@ def _check_fields_before_load(c, check_model_source: bool):
                       f"eval.samples=1 or eval.temperature > 0 (e.g. 1.0)")
   if int(c.train.checkpoint_every) < 0:
     raise ConfigError(f"train.checkpoint_every={c.train.checkpoint_every} must be >= 0 (0: only at the end)")
-  for name in ("slots", "min_slots"):
-    if int(sp[name]) < (0 if name == "slots" else 1):
-      raise ConfigError(f"sampling.{name}={sp[name]} must be >= {0 if name == 'slots' else 1}")
   ev, tr = c.eval, c.train
   for name, value, low, why in (
       ("eval.num_prompts", ev.num_prompts, 1, ""), ("eval.samples", ev.samples, 1, ""),
@@ -220,7 +220,7 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
   for name, v in (("sampling.batch_size", sp.batch_size), ("train.micro_batch_size", tr.micro_batch_size)):
     if isinstance(v, str) and v.lower() == "auto":
       raise ConfigError(f"{name}='auto' is chosen by the planner at start-up (dashjax-train, or "
-                        f"dashjax.parallel.plan.resolve(config) before Trainer); dashjax-plan shows its table")
+                        f"dashjax.train.plan.resolve(config) before Trainer); dashjax-plan shows its table")
     if not isinstance(v, int) or isinstance(v, bool):
       raise ConfigError(f"{name}={v!r} must be a whole number of rows or 'auto'")
   if c.mode not in ("rl", "sft"):
@@ -232,8 +232,7 @@ def validate(c, num_devices: int | None = None, *, check_model_source: bool = Tr
   for name, v in (("rl.prompts_per_step", P), ("rl.samples_per_prompt", G), ("train.micro_batch_size", mb),
                   ("sampling.batch_size", sb), ("train.num_steps", tr.num_steps),
                   ("rl.updates_per_batch", rl.updates_per_batch), ("rl.epochs_per_batch", rl.epochs_per_batch),
-                  ("sampling.max_new_tokens", sp.max_new_tokens), ("data.max_prompt_tokens",
-                                                                   c.data.max_prompt_tokens)):
+                  ("data.max_prompt_tokens", c.data.max_prompt_tokens)):
     if int(v) < 1:
       raise ConfigError(f"{name}={v} must be >= 1")
   algo.check()

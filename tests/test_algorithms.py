@@ -1,35 +1,17 @@
 """The algorithms as values (dashjax.rl.algorithms): each one's schedule of sampling and updates, its own config
 checks, and a new algorithm (PODS-style down-sampling) added as one class and one registry entry."""
 
-import os
-import sys
-
 import numpy as np
 import pytest
+from configs_for_tests import tiny_config as _config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-
-import tiny  # noqa: E402
-
-from dashjax.config import ConfigError, validate  # noqa: E402
-from dashjax.rl.advantages import group_advantages  # noqa: E402
-from dashjax.rl.algorithms import ALGORITHMS, Sampled, algorithm  # noqa: E402
-from dashjax.rl.batching import RolloutBatch  # noqa: E402
+from dashjax.config import ConfigError, validate
+from dashjax.rl.advantages import group_advantages
+from dashjax.rl.algorithms import ALGORITHMS, Sampled, algorithm
+from dashjax.rl.batching import RolloutBatch
 
 # Rewards of 4 prompts x 4 samples: prompt 0 all equal (advantage 0), the others mixed.
 REWARDS = np.array([1, 1, 1, 1, 0, 1, 0, 0, 1, 0, 1, 1, 0, 0, 1, 0], np.float32)
-
-
-def _config(**overrides):
-  c = tiny.get_config()
-  for key, value in overrides.items():
-    *path, name = key.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    node[name] = value
-  return c
 
 
 class _FakeSource:

@@ -25,7 +25,7 @@ def test_one_matmul_reads_its_weight_once_at_v5e_bandwidth():
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
   from dashjax.parallel.cost import program_cost
-  from dashjax.parallel.fit import topology_devices
+  from dashjax.train.fit import topology_devices
 
   devices = topology_devices("v5e:2x2")
   sh = NamedSharding(Mesh(np.array(devices[:1]), ("x",)), PartitionSpec())
@@ -69,7 +69,7 @@ def test_chip_kinds_and_an_unknown_one():
 
 def test_unknown_chip_kind_is_a_fit_error(monkeypatch):
   """A topology whose chip has no bandwidth entry stops the fit check with one line, before compiling."""
-  from dashjax.parallel import fit
+  from dashjax.train import fit
 
   fake = types.SimpleNamespace(platform="tpu", device_kind="TPU v99", id=0)
   monkeypatch.setattr(fit, "make_mesh", lambda shape, devices: None)
@@ -93,7 +93,7 @@ def test_continuous_sampler_on_a_slice_is_listed_split_by_rows_and_costed():
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import tiny
   from dashjax.models.presets import PRESETS
-  from dashjax.parallel.fit import check
+  from dashjax.train.fit import check
 
   c = tiny.get_config()
   c.mesh.data, c.mesh.fsdp = 1, -1

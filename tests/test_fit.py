@@ -7,21 +7,11 @@ import sys
 
 import pytest
 
+from configs_for_tests import qwen_config as _qwen_config
 from dashjax.models.presets import PRESETS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GiB = 1024 ** 3
-
-
-def _qwen_config(**overrides):
-  sys.path.insert(0, REPO)
-  from configs import qwen25_math
-
-  c = qwen25_math.get_config("0.5b")
-  for key, value in {**qwen25_math.HAND_SET, **overrides}.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
 
 
 def _needs_libtpu():
@@ -35,7 +25,7 @@ def test_reduced_qwen_fits_a_v5e_slice_and_fsdp_lowers_per_chip_memory():
   """Qwen2.5-0.5B's widths with 2 of its 24 layers, 512 new tokens, the config's memory settings: the learner's
   micro-step fits a v5e-8 slice, and per-chip memory falls as mesh.fsdp grows (the rest data-parallel)."""
   _needs_libtpu()
-  from dashjax.parallel.fit import check
+  from dashjax.train.fit import check
 
   arch = dataclasses.replace(PRESETS["Qwen/Qwen2.5-0.5B"], num_layers=2)
   reports = {}
@@ -62,7 +52,7 @@ def test_a_program_that_does_not_fit_is_reported_with_its_figure():
   """32 rows per chip of 2304 tokens with plain attention, no remat and whole logits need far more than a v5e chip:
   the report carries the compiler's figure (and the text says DOES NOT FIT) instead of raising."""
   _needs_libtpu()
-  from dashjax.parallel.fit import check, format_report
+  from dashjax.train.fit import check, format_report
 
   arch = dataclasses.replace(PRESETS["Qwen/Qwen2.5-0.5B"], num_layers=1)
   c = _qwen_config(**{"train.micro_batch_size": 256, "train.remat": "none", "train.logprob_chunk": 0,
@@ -110,7 +100,7 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch):
   errors = [line for line in proc.stderr.splitlines() if line.startswith("dashjax-fit: error:")]
   assert len(errors) == 1 and "v5e:9x9" in errors[0] and "Traceback" not in proc.stderr
   # Without libtpu, --topology says what to install.
-  from dashjax.parallel import fit
+  from dashjax.train import fit
 
   monkeypatch.setitem(sys.modules, "libtpu", None)
   with pytest.raises(fit.FitError, match=r"pip install -e '\.\[tpu\]'"):

@@ -2,30 +2,22 @@
 for TPU slices, and `auto` through dashjax-train (plan.json, config.json, a resumed run keeping its sizes)."""
 
 import dataclasses
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 
+from configs_for_tests import tiny_config as _tiny
 from dashjax.config import ConfigError
-from dashjax.parallel import plan as size_plan
-from dashjax.parallel.plan import PlanError, Side
+from dashjax.train import plan as size_plan
+from dashjax.train.plan import PlanError, Side
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
-
-
-def _tiny(**overrides):
-  sys.path.insert(0, REPO)
-  from configs import tiny
-
-  c = tiny.get_config()
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
 
 
 def test_candidates_are_exactly_the_sizes_the_batch_rules_allow():
@@ -73,13 +65,36 @@ def test_update_time_memory_and_choice_from_the_two_axes():
   fitting = [r for r in rows if r["fits"]]
   assert best["update_s"] == min(r["update_s"] for r in fitting)
   assert (best["sampling.batch_size"], best["train.micro_batch_size"]) == (16, 8)
-  # dash keeping a quarter of its rows: 4 of 16 rows, packed into ceil(4 / m) micro-steps.
+  # dash keeping each of its 4 groups (of 4 rows) with probability 1/4. Reference: every subset of kept groups
+  # enumerated, its micro-steps ceil(4 k / m), no optimizer step when it keeps none.
+  def by_subsets(m, q):
+    steps = updates = 0.0
+    for kept in itertools.product((0, 1), repeat=4):
+      k = sum(kept)
+      p = q ** k * (1 - q) ** (4 - k)
+      steps, updates = steps + p * math.ceil(4 * k / m), updates + p * (k > 0)
+    return steps, updates
+
   rows, best = size_plan.choose(c, pairs, sampler, learner, apply_s=0.5, capacity=20 * GiB, margin=0.1,
                                 source="measured", kept_fraction=0.25)
+  for r in rows:
+    s, m = r["sampling.batch_size"], r["train.micro_batch_size"]
+    steps, updates = by_subsets(m, 0.25)
+    assert r["micro_steps"] == pytest.approx(steps, abs=1e-3)
+    assert r["update_s"] == pytest.approx(16 // s * (1 + 0.1 * s) + steps * (0.2 + 0.1 * m) + updates * 0.5)
+  fitting = [r for r in rows if r["fits"]]
+  assert best["update_s"] == min(r["update_s"] for r in fitting)
+  assert (best["sampling.batch_size"], best["train.micro_batch_size"]) == (16, 4)  # 2.6 + 0.68 x 0.6 + 0.34
+  # Kept fraction unknown (a run's start): every number of kept groups 0..4 equally likely.
+  rows, _ = size_plan.choose(c, pairs, sampler, learner, apply_s=0.5, capacity=20 * GiB, margin=0.1,
+                             source="measured", kept_fraction=None)
   by = {(r["sampling.batch_size"], r["train.micro_batch_size"]): r for r in rows}
-  assert by[8, 2]["micro_steps"] == 2 and by[8, 8]["micro_steps"] == 1 and by[8, 1]["micro_steps"] == 4
-  assert by[8, 2]["update_s"] == pytest.approx(2 * 1.8 + 2 * 0.4 + 0.5)
-  assert (best["sampling.batch_size"], best["train.micro_batch_size"]) == (16, 4)  # 2.6 + 1 x 0.6 + 0.5
+  assert by[16, 8]["micro_steps"] == pytest.approx((0 + 1 + 1 + 2 + 2) / 5)
+  # grpo does not filter: whatever the kept fraction, every row is backpropped.
+  grpo = _tiny(**{"rl.algo": "grpo", "train.micro_batch_size": "auto"})
+  rows, _ = size_plan.choose(grpo, size_plan.allowed(grpo, 1), sampler, learner, apply_s=0.5, capacity=20 * GiB,
+                             margin=0.1, source="measured", kept_fraction=0.25)
+  assert all(r["micro_steps"] == 16 // r["train.micro_batch_size"] for r in rows)
   # Nothing fits: one line naming the smallest candidate's worst program and its bytes against the chip's.
   with pytest.raises(PlanError) as e:
     size_plan.choose(c, pairs, sampler, learner, apply_s=0.5, capacity=2 * GiB, margin=0.1, source="measured")
@@ -105,8 +120,8 @@ def test_tpu_cost_and_memory_are_affine_in_layers():
   buffers at all.)"""
   pytest.importorskip("libtpu")
   from dashjax.models.presets import model_config
-  from dashjax.parallel.fit import check
-  from dashjax.parallel.plan_probe import _extrapolate, layer_counts
+  from dashjax.train.fit import check
+  from dashjax.train.plan_probe import _extrapolate, layer_counts
 
   assert layer_counts(2) == (2,) and layer_counts(24) == (8, 16)
   c = _tiny(**{"rl.prompts_per_step": 8, "eval.batch_size": 8, "train.micro_batch_size": 8,

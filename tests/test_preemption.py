@@ -10,20 +10,11 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
 
-import tiny  # noqa: E402
+from configs_for_tests import tiny_config as _config  # noqa: E402
 
 from dashjax.train.metrics import read_metrics  # noqa: E402
 from dashjax.train.trainer import Trainer  # noqa: E402
-
-
-def _config(**overrides):
-  c = tiny.get_config()
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    c[section][field] = value
-  return c
 
 
 def test_ctrl_c_checkpoints_after_the_current_step(tmp_path, capsys):

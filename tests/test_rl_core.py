@@ -9,7 +9,7 @@ from flax import nnx
 
 from dashjax.models import ModelConfig, Transformer
 from dashjax.rl.advantages import group_advantages
-from dashjax.rl.batching import RolloutBatch, keep_mask, pack_micro_batches, token_weights
+from dashjax.rl.batching import MicroBatches, RolloutBatch, keep_mask, pack_micro_batches, rollout_batch, token_weights
 from dashjax.rl.losses import kl_penalty, policy_loss, token_logprobs
 from dashjax.train.learner import Learner, LossConfig, make_optimizer
 
@@ -218,3 +218,18 @@ def test_filler_rows_weigh_nothing():
   assert n3 == 1
   for a, b in zip(jax.tree.leaves(three), jax.tree.leaves(ref)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+
+
+def test_micro_batch_spec_is_what_packing_makes():
+  """The fit check compiles the micro-step for `MicroBatches.spec`; a packed micro-batch from real rollouts (host
+  arrays of other dtypes, as a sampler returns them) must have exactly those shapes and dtypes, or the checked
+  program is not the one that runs."""
+  rng = np.random.RandomState(0)
+  P, T, n = 3, 7, 5
+  batch = rollout_batch(rng.randint(0, 50, (P, T)), np.ones((P, T), np.int64), 2, rng.randint(0, 50, (2 * P, n)),
+                        -rng.rand(2 * P, n), rng.randint(1, n + 1, 2 * P))
+  weights = token_weights(batch.completion_mask_RxN, np.ones(2 * P), "token_mean")
+  mbs = pack_micro_batches(batch, rng.randn(2 * P), weights, [0, 3, 4], 4)
+  got = {k: (v.shape, v.dtype) for k, v in mbs[0].items()}
+  want = {k: (shape, np.dtype(dt)) for k, (shape, dt) in MicroBatches.spec(4, T, n).items()}
+  assert got == want

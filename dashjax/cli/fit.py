@@ -33,14 +33,14 @@ def _main(argv):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   from dashjax.config import ConfigError
-  from dashjax.parallel.fit import FitError, check, format_report
+  from dashjax.train.fit import FitError, check, format_report
 
   if _CONFIG.value is None:
     print("dashjax-fit: error: --config is required (e.g. --config configs/qwen25_math.py:0.5b)", file=sys.stderr)
     return 2
   config = _CONFIG.value
   try:
-    from dashjax.parallel import plan as size_plan
+    from dashjax.train import plan as size_plan
 
     if size_plan.is_auto(config):  # what would run: the planner's sizes for this target
       planned = size_plan.plan(config, topology=FLAGS.topology,

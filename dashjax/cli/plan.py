@@ -1,6 +1,6 @@
 """`dashjax-plan --config CONFIG [--config.KEY=VALUE ...] [--topology v5e:2x4] [--json PATH] [--margin 0.1]`.
 
-Chooses `sampling.batch_size` and `train.micro_batch_size` (see `dashjax.parallel.plan`): every allowed pair, whether
+Chooses `sampling.batch_size` and `train.micro_batch_size` (see `dashjax.train.plan`): every allowed pair, whether
 each fits a chip, and the time per update, predicted by the TPU compiler's cost model for a slice (`--topology`, no
 TPU needed) or measured on the local devices. Both sizes are planned even where the config sets them; the config's
 own pair is reported beside the choice. Exit status 0, or 2 for a bad config, topology, or when nothing fits.
@@ -23,8 +23,9 @@ flags.DEFINE_string("topology", "", "A TPU slice such as v5e:2x4, v4:2x2x1, v5p:
                     "install -e '.[tpu]'); empty: the local devices, timed.")
 flags.DEFINE_string("json", "", "Also write the plan as JSON to this path.")
 flags.DEFINE_float("margin", 0.10, "Share of each chip's memory left free.")
-flags.DEFINE_float("kept_fraction", 1.0, "Share of rows a filtering algorithm (dash) is expected to backprop "
-                   "(a run's metrics.jsonl has it); 1: every row, an upper bound.")
+flags.DEFINE_float("kept_fraction", None, "Share of groups a filtering algorithm (dash) is expected to backprop "
+                   "(a run's metrics.jsonl has it as kept_fraction); 1: every group, an upper bound. Default: "
+                   "unknown, every number of kept groups equally likely (what dashjax-train plans with).")
 flags.DEFINE_bool("confirm", False, "With --topology: compile the chosen sizes' programs at the model's full size.")
 flags.DEFINE_bool("verbose", False, "Print the full traceback of an error.")
 FLAGS = flags.FLAGS
@@ -37,13 +38,13 @@ def _plan() -> int:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   if _CONFIG.value is None:
     raise CliError("--config is required (e.g. --config configs/qwen25_math.py:0.5b)")
-  if not 0.0 < FLAGS.kept_fraction <= 1.0:
-    raise CliError(f"--kept_fraction={FLAGS.kept_fraction} must be in (0, 1]")
+  if FLAGS.kept_fraction is not None and not 0.0 <= FLAGS.kept_fraction <= 1.0:
+    raise CliError(f"--kept_fraction={FLAGS.kept_fraction} must be in [0, 1]")
   if not 0.0 <= FLAGS.margin < 1.0:
     raise CliError(f"--margin={FLAGS.margin} must be in [0, 1)")
   config = config_value(_CONFIG, sys.argv)
-  from dashjax.parallel import plan
-  from dashjax.parallel.fit import FitError
+  from dashjax.train import plan
+  from dashjax.train.fit import FitError
 
   try:
     report = plan.plan(config, topology=FLAGS.topology, margin=FLAGS.margin, free=True, confirm=FLAGS.confirm,

@@ -52,7 +52,7 @@ def _train() -> int:
     raise CliError("--workdir is required (where metrics, checkpoints and curve.png go)")
   import jax
 
-  from dashjax.parallel import plan as size_plan
+  from dashjax.train import plan as size_plan
 
   if size_plan.is_auto(config):  # the sizes are chosen after the workdir is checked (a resumed run keeps its own)
     validate(size_plan.with_sizes(config, *size_plan.allowed(config, jax.device_count())[0]))
@@ -111,7 +111,7 @@ def _plan_sizes(config, workdir: str, resume: bool):
   printed and kept in the workdir as plan.json."""
   import jax
 
-  from dashjax.parallel import plan as size_plan
+  from dashjax.train import plan as size_plan
   from dashjax.store import paths
 
   recorded = None

@@ -120,6 +120,16 @@ class MicroBatches:
   def num_micro(self):
     return self.tokens.shape[0]
 
+  @staticmethod
+  def spec(micro_batch_size: int, prompt_len: int, new_tokens: int) -> dict:
+    """One micro-batch as the learner's micro-step receives it, in shapes and dtypes only ({field: (shape,
+    dtype)}): what the fit check compiles the step for, kept beside the packing that makes it."""
+    M, S = micro_batch_size, prompt_len + new_tokens
+    shapes = {"tokens": ((M, S), np.int32), "valid": ((M, S), np.bool_), "weights": ((M, new_tokens), np.float32),
+              "adv": ((M,), np.float32), "row_mask": ((M,), np.bool_), "old_logprobs": ((M, new_tokens), np.float32)}
+    assert list(shapes) == [f.name for f in dataclasses.fields(MicroBatches)]
+    return shapes
+
   def __getitem__(self, i) -> dict:
     return {f.name: getattr(self, f.name)[i] for f in dataclasses.fields(self)}
 

@@ -46,9 +46,7 @@ class ContinuousSampler:
     self.traces: collections.Counter = collections.Counter()
     self.last_stats: SamplerStats | None = None
     self._eos = tuple(cfg.eos_ids) if cfg.eos_ids else (-1,)
-    self._start = jax.jit(self._start_fn, static_argnums=(4, 5))
-    self._chunks: dict[tuple, object] = {}
-    self._compacts: dict[tuple, object] = {}
+    self._programs: dict[tuple, object] = {}
 
   def _draw(self, logits, rng, rows, t):
     c = self.cfg
@@ -117,17 +115,26 @@ class ContinuousSampler:
     self.traces[f"compact[{slots.live_S.shape[0]}->{size}]"] += 1
     return _split_rows(sl.compact(slots, size), mesh)
 
-  def _chunk(self, size: int, next_size: int, mesh=None):
-    key = (size, next_size, mesh)
-    if key not in self._chunks:
-      self._chunks[key] = jax.jit(functools.partial(self._chunk_fn, next_size, mesh), donate_argnums=(2, 3))
-    return self._chunks[key]
+  # The jitted programs of a call, one per (kind, bucket, mesh); public so that the fit check lowers the very
+  # functions a run calls.
+  def start_program(self, size: int, mesh=None):
+    """`(params, tokens_PxT, valid_PxT, rng) -> (Prompts, CallState, Slots)` with `size` slots."""
+    return self._program(("start", size, mesh), lambda: functools.partial(self._start_fn, S=size, mesh=mesh))
 
-  def _compact(self, size: int, mesh=None):
-    key = (size, mesh)
-    if key not in self._compacts:  # smaller outputs: nothing to donate
-      self._compacts[key] = jax.jit(functools.partial(self._compact_fn, size, mesh))
-    return self._compacts[key]
+  def chunk_program(self, size: int, next_size: int, mesh=None):
+    """`(params, prompts, call, slots, rng, max_steps) -> (call, slots, info)`: decode `size` slots until a
+    compaction into `next_size` is possible (0: until every row ends)."""
+    return self._program(("chunk", size, next_size, mesh),
+                         lambda: functools.partial(self._chunk_fn, next_size, mesh), donate_argnums=(2, 3))
+
+  def compact_program(self, size: int, mesh=None):
+    """`slots -> slots` with the live rows moved into `size` slots (smaller outputs: nothing to donate)."""
+    return self._program(("compact", size, mesh), lambda: functools.partial(self._compact_fn, size, mesh))
+
+  def _program(self, key, fn, **jit_kw):
+    if key not in self._programs:
+      self._programs[key] = jax.jit(fn(), **jit_kw)
+    return self._programs[key]
 
   def buckets(self, rows: int) -> tuple[int, ...]:
     slots = min(rows, self.cfg.slots) if self.cfg.slots else rows
@@ -137,19 +144,19 @@ class ContinuousSampler:
     c = self.cfg
     sizes = self.buckets(prompt_tokens_PxT.shape[0] * c.samples_per_prompt)
     mesh = mesh_of(prompt_tokens_PxT)
-    prompts, call, slots = self._start(params, prompt_tokens_PxT, prompt_valid_PxT, rng, sizes[0], mesh)
+    prompts, call, slots = self.start_program(sizes[0], mesh)(params, prompt_tokens_PxT, prompt_valid_PxT, rng)
     max_steps = jnp.int32(c.chunk_steps or c.max_new_tokens)
     b, steps, slot_steps, chunks, compactions = 0, 0, 0, 0, 0
     while True:
       nxt = sizes[b + 1] if b + 1 < len(sizes) else 0
-      call, slots, info = self._chunk(sizes[b], nxt, mesh)(params, prompts, call, slots, rng, max_steps)
+      call, slots, info = self.chunk_program(sizes[b], nxt, mesh)(params, prompts, call, slots, rng, max_steps)
       ran, live, queued = (int(x) for x in jax.device_get(info))
       chunks, steps, slot_steps = chunks + 1, steps + ran, slot_steps + sizes[b] * ran
       if live == 0 and queued == 0:
         break
       while queued == 0 and b + 1 < len(sizes) and live <= sizes[b + 1]:
         b, compactions = b + 1, compactions + 1
-        slots = self._compact(sizes[b], mesh)(slots)
+        slots = self.compact_program(sizes[b], mesh)(slots)
     self.last_stats = stats_from(jax.device_get(call.lengths_B), steps, slot_steps, chunks=chunks,
                                  compactions=compactions)
     return Rollouts(call.tokens_BxN, call.logprobs_BxN, call.lengths_B, ~call.eos_B, jnp.int32(steps))
@@ -164,12 +171,12 @@ class ContinuousSampler:
     c = self.cfg
     sizes = self.buckets(prompt_tokens_PxT.shape[0] * c.samples_per_prompt)
     mesh = mesh_of(prompt_tokens_PxT)
-    prompts, call, slots = self._start(params, prompt_tokens_PxT, prompt_valid_PxT, rng, sizes[0], mesh)
+    prompts, call, slots = self.start_program(sizes[0], mesh)(params, prompt_tokens_PxT, prompt_valid_PxT, rng)
     for b, size in enumerate(sizes):
       nxt = sizes[b + 1] if b + 1 < len(sizes) else 0
-      call, slots, _ = self._chunk(size, nxt, mesh)(params, prompts, call, slots, rng, jnp.int32(0))
+      call, slots, _ = self.chunk_program(size, nxt, mesh)(params, prompts, call, slots, rng, jnp.int32(0))
       if nxt:
-        slots = self._compact(nxt, mesh)(slots)
+        slots = self.compact_program(nxt, mesh)(slots)
     jax.block_until_ready(slots)
 
 

@@ -51,7 +51,7 @@ class SamplingConfig:
     if self.temperature < 0:
       raise ValueError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
     if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+      raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 disables nucleus sampling)")
     if self.top_k < 0:
       raise ValueError(f"top_k={self.top_k} must be >= 0 (0 disables top-k)")
     if self.samples_per_prompt < 1:
@@ -148,10 +148,11 @@ class Sampler:
 
   def __init__(self, graphdef, cfg: SamplingConfig):
     self.graphdef, self.cfg = graphdef, cfg
-    self._fn = jax.jit(functools.partial(sample, graphdef, cfg))
+    # The whole call is this one jitted program (lowerable on abstract inputs: the fit check compiles it).
+    self.program = jax.jit(functools.partial(sample, graphdef, cfg))
 
   def __call__(self, params, prompt_tokens_PxT, prompt_valid_PxT, rng) -> Rollouts:
-    return self._fn(params, prompt_tokens_PxT, prompt_valid_PxT, rng)
+    return self.program(params, prompt_tokens_PxT, prompt_valid_PxT, rng)
 
   def stats(self, out: Rollouts) -> SamplerStats:
     """Decode compute of the call that returned `out` (pass a host copy: multi-process arrays are global): every

@@ -8,7 +8,6 @@ import time
 import jax
 import numpy as np
 
-from dashjax.sampling import SamplingConfig, make_sampler
 from dashjax.train.rollouts import RolloutCollector
 
 
@@ -27,19 +26,11 @@ def rows_per_call(batch_size: int, samples: int) -> int:
 class Evaluator:
   """Samples `samples` completions per held-out prompt in fixed-shape calls and scores them."""
 
-  def __init__(self, graphdef, formatter, tokenizer, pool, reward_fn: str, *, samples: int, temperature: float,
-               max_new_tokens: int, batch_size: int, eos_ids, pad_id: int, mesh, top_k=0, top_p=1.0,
-               batching: dict | None = None):
-    if temperature == 0 and samples > 1:
-      raise ValueError(f"eval.samples={samples} with eval.temperature=0 would repeat one greedy answer; "
-                       f"set eval.samples=1 or eval.temperature > 0")
-    self.samples = samples
-    rows = rows_per_call(batch_size, samples)
-    # batching: SamplingConfig's continuous-batching fields (programs.batching_options); default continuous
-    sampler = make_sampler(graphdef, SamplingConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, samples_per_prompt=samples,
-        eos_ids=tuple(eos_ids), pad_id=pad_id, **(batching or {})))
-    self.collector = RolloutCollector(sampler, formatter, tokenizer, pool, reward_fn, samples, rows, mesh)
+  def __init__(self, sampler, formatter, tokenizer, pool, reward_fn: str, *, rows: int, mesh):
+    """`sampler`: the evaluation's (`programs.build`), drawing `sampler.cfg.samples_per_prompt` per prompt; `rows`
+    per call (`rows_per_call`)."""
+    self.samples = sampler.cfg.samples_per_prompt  # > 1 at temperature 0 is refused by config.validate
+    self.collector = RolloutCollector(sampler, formatter, tokenizer, pool, reward_fn, self.samples, rows, mesh)
 
   def __call__(self, params, examples, seed: int = 0) -> dict:
     t0 = time.perf_counter()

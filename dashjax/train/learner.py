@@ -78,21 +78,33 @@ class Learner:
 
     out = None if param_shardings is None else (param_shardings, None)
     self.micro_step = jax.jit(micro_step, donate_argnums=(1,), out_shardings=out)
-    self._apply_fn, self._apply = apply, None
+    self._apply_fn = apply
+    self._apply_programs: dict = {}
     self._zeros = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p),
                           out_shardings=param_shardings)
 
   def zero_grads(self, params):
     return self._zeros(params)
 
+  def apply_program(self, params, opt_state):
+    """The jitted `apply` for parameters and optimizer state laid out as these (arrays or abstract arrays with
+    shardings): its outputs keep exactly the inputs' shardings. An equivalent but differently typed sharding on the
+    new params would be a new jit cache key for micro_step, i.e. one needless recompilation after the first
+    update."""
+    shardings = lambda tree: jax.tree.map(lambda x: getattr(x, "sharding", None), tree)  # noqa: E731
+    out = (shardings(params), shardings(opt_state), None)
+    key = jax.tree.structure(out), tuple(jax.tree.leaves(out))
+    if key not in self._apply_programs:
+      self._apply_programs[key] = jax.jit(self._apply_fn, donate_argnums=(0, 1), out_shardings=out)
+    return self._apply_programs[key]
+
   def apply(self, params, opt_state, grads):
-    # Outputs keep exactly the inputs' shardings: an equivalent but differently typed sharding on the new params
-    # would be a new jit cache key for micro_step, i.e. one needless recompilation after the first update.
-    if self._apply is None:
-      shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-      self._apply = jax.jit(self._apply_fn, donate_argnums=(0, 1),
-                            out_shardings=(shardings(params), shardings(opt_state), None))
-    return self._apply(params, opt_state, grads)
+    return self.apply_program(params, opt_state)(params, opt_state, grads)
+
+  def compile_counts(self) -> dict:
+    """Compilations so far of each program (filtering must never add any)."""
+    return {"micro_step": self.micro_step._cache_size(),
+            "apply": sum(p._cache_size() for p in self._apply_programs.values())}
 
 
 def make_optimizer(learning_rate: float, num_steps: int, *, warmup_steps: int = 0, schedule: str = "constant",

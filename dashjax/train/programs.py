@@ -1,21 +1,30 @@
-"""The compiled programs of a training step, built from the config alone: one place for the trainer and the
-ahead-of-time fit check (`dashjax-fit`), so that what is measured is what runs.
+"""The compiled programs of a training step, built from the config alone by `build`: one bundle for the trainer and
+the ahead-of-time fit check beside it (`fit.py`, `dashjax-fit`), so that what is checked is what runs.
 
   sampler        `sampling.batch_size` rows (grpo: `train.micro_batch_size`) with their KV cache
   micro_step     one learner micro-batch: forward, backward, gradient accumulation
   apply          the optimizer update
   eval_sampler   the held-out evaluation's sampler call
-  sampler_cast   the compute-dtype copy of the parameters the samplers read (only when storage and compute differ)
+  cast           the compute-dtype copy of the parameters the samplers read (only when storage and compute differ)
+
+Each member exposes its jitted functions, which lower on abstract arrays as well as run on real ones:
+`sampler.program` (static sampler) or `start_program`/`chunk_program`/`compact_program` (continuous),
+`learner.micro_step`, `learner.apply_program(params, opt_state)`, `cast.cast`; `Programs.micro_batch` is the
+micro-step's input in shapes only.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
+import optax
 
 from dashjax.models.compute import ComputeOptions, cast_floats
 from dashjax.models.config import resolve_dtype
 from dashjax.parallel.mesh import LEARNER_RULES, fsdp_gather, row_constraint
 from dashjax.rl.algorithms import algorithm
+from dashjax.rl.batching import MicroBatches
 from dashjax.sampling import Sampler, SamplingConfig, make_sampler
 from dashjax.train.learner import Learner, LossConfig, make_optimizer
 
@@ -104,3 +113,33 @@ def sampler_cast(config, sampler_shardings, learner_shardings) -> SamplerCast | 
   if resolve_dtype(config.model.param_dtype) == dtype:
     return None
   return SamplerCast(dtype, learner_shardings, sampler_shardings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  optimizer: optax.GradientTransformation
+  learner: Learner
+  sampler: object  # Sampler or ContinuousSampler: the training rollouts (built in sft too, never called there)
+  eval_sampler: object  # the held-out evaluation's
+  cast: SamplerCast | None  # None when the samplers read the stored parameters
+  micro_batch_size: int
+  prompt_len: int
+  new_tokens: int
+
+  def micro_batch(self, sharding=None) -> dict:
+    """One micro-batch as abstract arrays; `sharding(ndim)` lays each out (e.g. rows split over the mesh)."""
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding(len(shape)) if sharding else None)
+            for k, (shape, dtype) in MicroBatches.spec(self.micro_batch_size, self.prompt_len,
+                                                       self.new_tokens).items()}
+
+
+def build(config, plan, graphdef, mesh, learner_shardings, sampler_shardings, eos_ids=(0,), pad_id: int = 0) -> Programs:
+  """Every program of a run of `config` with batch plan `plan` (`config.validate`). Nothing is compiled here: each
+  jitted function compiles on its first call, or is lowered by the fit check."""
+  opt = optimizer(config, plan)
+  return Programs(optimizer=opt, learner=learner(config, plan, graphdef, opt, mesh, learner_shardings),
+                  sampler=train_sampler(config, graphdef, eos_ids, pad_id),
+                  eval_sampler=make_sampler(graphdef, eval_sampling_config(config, eos_ids, pad_id)),
+                  cast=sampler_cast(config, sampler_shardings, learner_shardings),
+                  micro_batch_size=plan.micro_batch_size, prompt_len=int(config.data.max_prompt_tokens),
+                  new_tokens=int(config.sampling.max_new_tokens))

@@ -22,7 +22,7 @@ from flax import nnx
 from dashjax.config import validate
 from dashjax.data import PromptFormatter, PromptIterator, load_examples
 from dashjax.models.loading import load_model
-from dashjax.parallel import plan as size_plan
+from dashjax.train import plan as size_plan
 from dashjax.parallel.distributed import any_host, is_main_process
 from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, make_mesh, opt_state_shardings, param_shardings
 from dashjax.rewards import RewardPool
@@ -97,16 +97,16 @@ class Trainer:
     self.iterator = PromptIterator(self.train_examples, c.rl.prompts_per_step, c.data.seed)
     self.pool = RewardPool(num_workers=c.reward.workers, timeout_s=c.reward.timeout_s)
     self.eos_ids = eos_ids_for(model, self.tokenizer)
-    sampler = programs.train_sampler(c, self.graphdef, self.eos_ids, self.formatter.pad_id)
-    self._sampler_cast = programs.sampler_cast(c, self.sampler_shardings, self.learner_shardings)
-    self.collector = RolloutCollector(sampler, self.formatter, self.tokenizer, self.pool, c.reward.fn,
+    self.programs = programs.build(c, plan, self.graphdef, self.mesh, self.learner_shardings,
+                                   self.sampler_shardings, self.eos_ids, self.formatter.pad_id)
+    self.collector = RolloutCollector(self.programs.sampler, self.formatter, self.tokenizer, self.pool, c.reward.fn,
                                       c.rl.samples_per_prompt, plan.sampler_rows, self.mesh)
 
-    self.optimizer = programs.optimizer(c, plan)
+    self.optimizer = self.programs.optimizer
     opt_abstract = jax.eval_shape(self.optimizer.init, params)
     opt_state = jax.jit(self.optimizer.init, out_shardings=opt_state_shardings(
         opt_abstract, params, self.learner_shardings, self.mesh))(params)
-    self.learner = programs.learner(c, plan, self.graphdef, self.optimizer, self.mesh, self.learner_shardings)
+    self.learner = self.programs.learner
     self.updater = Updater.from_config(c, plan, self.learner, self.mesh)
     # The KL reference is the initial policy; with kl_beta == 0 it is never kept nor run.
     ref_params = jax.tree.map(jnp.copy, params) if self.learner.loss_cfg.kl_beta > 0 else None
@@ -162,8 +162,8 @@ class Trainer:
   def sampler_params(self):
     """The learner's parameters laid out for the sampler (no copy when the two layouts agree), in the compute dtype
     (cast on device) when that differs from the storage dtype."""
-    if self._sampler_cast is not None:
-      return self._sampler_cast(self.params)
+    if self.programs.cast is not None:
+      return self.programs.cast(self.params)
     return jax.device_put(self.params, self.sampler_shardings)
 
   def train_step(self) -> dict:
@@ -182,11 +182,8 @@ class Trainer:
   def evaluate(self, seed: int = 1234) -> dict:
     c = self.config
     if self._evaluator is None:
-      self._evaluator = Evaluator(
-          self.graphdef, self.formatter, self.tokenizer, self.pool, c.reward.fn, samples=c.eval.samples,
-          temperature=c.eval.temperature, max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
-          batch_size=c.eval.batch_size, eos_ids=self.eos_ids, pad_id=self.formatter.pad_id, mesh=self.mesh,
-          batching=programs.batching_options(c))
+      self._evaluator = Evaluator(self.programs.eval_sampler, self.formatter, self.tokenizer, self.pool, c.reward.fn,
+                                  rows=programs.eval_rows(c), mesh=self.mesh)
     out = self._evaluator(self.sampler_params(), self.heldout, seed)
     record = {k: v for k, v in out.items() if k != "texts"}
     record["step"] = self.step

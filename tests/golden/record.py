@@ -17,10 +17,9 @@ import jax
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [os.path.join(ROOT, "configs"), os.path.dirname(HERE)]
+sys.path[:0] = [os.path.dirname(HERE)]
 
-import tiny  # noqa: E402
+from configs_for_tests import tiny_config  # noqa: E402
 from eos_model import eos_likely_tiny  # noqa: E402
 
 GOLDEN = os.path.join(HERE, "tiny_3_steps.json")
@@ -47,14 +46,7 @@ CASES = {
 
 
 def config_for(overrides: dict):
-  c = tiny.get_config()
-  for key, value in overrides.items():
-    *path, last = key.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
+  return tiny_config(**overrides)
 
 
 def run_case(name: str, workdir: str) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The planner's measurements of each axis (see `dashjax.parallel.plan`): memory and seconds of one sampler call at
+"""The planner's measurements of each axis (see `dashjax.train.plan`): memory and seconds of one sampler call at
 S rows and of one micro-step at m rows, on a TPU slice by the compiler's cost model or on local devices by running.
 """
 
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dashjax.parallel.plan import PlanError, Side, probe_points, samples_micro_batches, with_sizes
+from dashjax.train.plan import PlanError, Side, probe_points, samples_micro_batches, with_sizes
 
 PREDICTED_POINTS = 2  # sizes compiled per axis for a TPU slice (memory and cost are affine in rows)
 PROBE_TOKENS = 64  # a measured sampler call decodes at most this many tokens; longer calls are scaled from it
@@ -45,7 +45,7 @@ def _extrapolate(by_layers: dict, layers: int) -> float:
 def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
   """Both axes from programs compiled for the slice at `layer_counts` and extrapolated to the model's."""
   from dashjax.models.presets import model_config
-  from dashjax.parallel.fit import check, chip_memory
+  from dashjax.train.fit import check, chip_memory
 
   arch = model_config(c.model.source)
   L = arch.num_layers
@@ -142,8 +142,9 @@ def measured_sides(c, devices, s_points, m_points, pairs, say):
   from dashjax.models.config import resolve_dtype
   from dashjax.models.presets import model_config
   from dashjax.models.transformer import Transformer
-  from dashjax.parallel.fit import check, chip_memory
+  from dashjax.train.fit import check, chip_memory
   from dashjax.parallel.mesh import LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, param_shardings
+  from dashjax.rl.batching import MicroBatches
   from dashjax.train import programs
 
   arch = model_config(c.model.source)
@@ -156,8 +157,9 @@ def measured_sides(c, devices, s_points, m_points, pairs, say):
   say("random weights for the probe")
   model = Transformer(arch, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
-  params = jax.device_put(state, param_shardings(state, mesh, LEARNER_RULES))
-  low = jax.device_put(cast_floats(state, dtype), param_shardings(state, mesh, SAMPLER_RULES))
+  learner_sh, sampler_sh = param_shardings(state, mesh, LEARNER_RULES), param_shardings(state, mesh, SAMPLER_RULES)
+  params = jax.device_put(state, learner_sh)
+  low = jax.device_put(cast_floats(state, dtype), sampler_sh)
   rng = np.random.default_rng(0)
   put = lambda x: jax.device_put(x, batch_sharding(mesh, x.ndim))  # noqa: E731
 
@@ -182,13 +184,15 @@ def measured_sides(c, devices, s_points, m_points, pairs, say):
     ps, pm = _pair_with(pairs, m=m)
     cc = with_sizes(c, ps, pm)
     plan_m = validate(cc, num_devices=len(devices), check_model_source=False)
-    opt = programs.optimizer(cc, plan_m)
-    lrn = programs.learner(cc, plan_m, graphdef, opt, mesh, jax.tree.map(lambda x: x.sharding, params))
+    progs = programs.build(cc, plan_m, graphdef, mesh, learner_sh, sampler_sh)
+    opt, lrn = progs.optimizer, progs.learner
     say(f"micro-step at {m} rows")
-    mb = {"tokens": put(rng.integers(1, arch.vocab_size, (m, T + N)).astype(np.int32)),
-          "valid": put(np.ones((m, T + N), bool)), "weights": put(np.full((m, N), 1.0 / N, np.float32)),
-          "adv": put(np.ones((m,), np.float32)), "row_mask": put(np.ones((m,), bool)),
-          "old_logprobs": put(np.zeros((m, N), np.float32))}
+    # every row real, every token weighted, advantages 1: the whole step runs (filler rows would cost the same)
+    mb = {k: np.ones(shape, dt) for k, (shape, dt) in MicroBatches.spec(m, T, N).items()}
+    mb["tokens"] = rng.integers(1, arch.vocab_size, mb["tokens"].shape).astype(np.int32)
+    mb["weights"] /= N
+    mb["old_logprobs"][:] = 0.0
+    mb = {k: put(v) for k, v in mb.items()}
     ref = params if (c.mode == "rl" and c.rl.kl_beta > 0) else None
     step = lambda: jax.block_until_ready(lrn.micro_step(params, lrn.zero_grads(params), ref, mb))  # noqa: E731
     step()  # compiles

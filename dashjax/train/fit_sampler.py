@@ -43,7 +43,7 @@ def continuous_jobs(prefix: str, sampler: ContinuousSampler, params, tokens, val
   sizes = sampler.buckets(rows)
   fits = []
   m = mesh_of(tokens)
-  start = jax.jit(lambda p, t, v, r: sampler._start_fn(p, t, v, r, sizes[0], m))  # the run's, S and mesh bound
+  start = sampler.start_program(sizes[0], m)
   args = (params, tokens, valid, key)
   fit, compiled = compile_one(f"{prefix}/start", start, args, resident)
   fits.append(fit)
@@ -54,14 +54,14 @@ def continuous_jobs(prefix: str, sampler: ContinuousSampler, params, tokens, val
     return fits, started
   for b, size in enumerate(sizes):
     nxt = sizes[b + 1] if b + 1 < len(sizes) else 0
-    chunk = sampler._chunk(size, nxt, m)
+    chunk = sampler.chunk_program(size, nxt, m)
     args = (params, prompts, call, slots, key, scalar)
     fit, compiled = compile_one(f"{prefix}/chunk[{size}]", chunk, args, resident)
     fits.append(fit)
     if compiled is None or not nxt:
       break
     call, slots, _ = _abstract_outputs(chunk, args, compiled)
-    compact = sampler._compact(nxt, m)
+    compact = sampler.compact_program(nxt, m)
     fit, compiled = compile_one(f"{prefix}/compact[{nxt}]", compact, (slots,), resident)
     fits.append(fit)
     if compiled is None:
@@ -89,7 +89,7 @@ def decode_step_job(sampler: ContinuousSampler, params, started, key, prompt_len
   fits = []
   for steps in (1, 2):
     costing = decode_step_sampler(sampler, prompt_len, context, steps)
-    chunk = costing._chunk(size, 0, mesh_of(prompts.first_B))
+    chunk = costing.chunk_program(size, 0, mesh_of(prompts.first_B))
     fits.append(compile_one(f"decode_step[x{steps}]", chunk, (params, prompts, call, slots, key, scalar), 0)[0])
   one, two = fits
   step = dataclasses.replace(one, name="decode_step", compile_s=one.compile_s + two.compile_s,

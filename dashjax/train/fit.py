@@ -13,13 +13,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import re
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -29,58 +27,13 @@ from dashjax.models.config import resolve_dtype
 from dashjax.models.presets import model_config
 from dashjax.models.transformer import Transformer
 from dashjax.parallel.cost import CostError, chip_for, decode_floor, kv_bytes_per_token, program_cost
-from dashjax.parallel.fit_sampler import continuous_jobs, decode_step_job
-from dashjax.parallel.plan import samples_micro_batches
+from dashjax.parallel.devices import GiB, FitError, chip_memory, topology_devices  # noqa: F401 (re-exported)
 from dashjax.parallel.mesh import (LEARNER_RULES, SAMPLER_RULES, batch_sharding, make_mesh, opt_state_shardings,
                                    param_shardings)
-from dashjax.sampling import Sampler, make_sampler
 from dashjax.sampling.continuous import ContinuousSampler
 from dashjax.train import programs
-
-GiB = 1024 ** 3
-# Usable HBM per chip as the TPU compiler counts it (a program over this fails with RESOURCE_EXHAUSTED).
-TPU_MEMORY = {"TPU v4": 32 * GiB, "TPU v5 lite": int(15.75 * GiB), "TPU v5e": int(15.75 * GiB),
-              "TPU v5": 95 * GiB, "TPU v5p": 95 * GiB, "TPU v6 lite": int(31.25 * GiB), "TPU v6e": int(31.25 * GiB)}
-
-
-class FitError(RuntimeError):
-  pass
-
-
-def topology_devices(name: str):
-  """The devices of a TPU slice (e.g. "v5e:2x4"), described by libtpu without any TPU attached."""
-  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # silences libtpu's start-up probe
-  # No chip is opened, so several processes (a test run beside a fit check) may describe slices at once.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  try:
-    import libtpu  # noqa: F401
-  except ImportError:
-    raise FitError("--topology needs libtpu: pip install -e '.[tpu]' in the dashjax checkout (jax[tpu] at the installed jax version; Linux only)")
-  from jax.experimental import topologies
-
-  try:
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
-  except Exception as e:
-    raise FitError(f"libtpu could not describe TPU topology {name!r} ({str(e).splitlines()[0][:200]}); names look "
-                   f"like v5e:2x4, v5e:2x2, v4:2x2x1, v5p:2x2x1 or v6e:2x2")
-
-
-def chip_memory(device) -> int:
-  kind = getattr(device, "device_kind", "")
-  if device.platform == "tpu":
-    for prefix, size in sorted(TPU_MEMORY.items(), key=lambda kv: -len(kv[0])):
-      if kind.startswith(prefix):
-        return size
-    return 16 * GiB
-  try:
-    stats = device.memory_stats() or {}
-    if stats.get("bytes_limit"):
-      return int(stats["bytes_limit"])
-  except Exception:
-    pass
-  # CPU devices share the host's memory.
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, len(jax.local_devices()))
-
+from dashjax.train.fit_sampler import continuous_jobs, decode_step_job
+from dashjax.train.plan import samples_micro_batches
 
 def _abstract(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
@@ -200,18 +153,15 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   params = _abstract(state, learner_sh)
   sampler_params = _abstract(jax.eval_shape(lambda p: cast_floats(p, dtype), state), sampler_sh)
 
-  opt = programs.optimizer(c, plan)
-  opt_abstract = jax.eval_shape(opt.init, params)
+  progs = programs.build(c, plan, graphdef, mesh, learner_sh, sampler_sh)
+  opt_abstract = jax.eval_shape(progs.optimizer.init, params)
   opt_state = _abstract(opt_abstract, opt_state_shardings(opt_abstract, params, learner_sh, mesh))
   ref = params if (c.mode == "rl" and c.rl.kl_beta > 0) else None
-  learner = programs.learner(c, plan, graphdef, opt, mesh, learner_sh)
 
-  T, N, mb = int(c.data.max_prompt_tokens), int(c.sampling.max_new_tokens), plan.micro_batch_size
+  T, N = int(c.data.max_prompt_tokens), int(c.sampling.max_new_tokens)
   decode_context = min(int(decode_context), T + N)
   rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(mesh, len(shape)))  # noqa: E731
-  micro_batch = {"tokens": rows((mb, T + N), jnp.int32), "valid": rows((mb, T + N), bool),
-                 "weights": rows((mb, N), jnp.float32), "adv": rows((mb,), jnp.float32),
-                 "row_mask": rows((mb,), bool), "old_logprobs": rows((mb, N), jnp.float32)}
+  micro_batch = progs.micro_batch(lambda ndim: batch_sharding(mesh, ndim))
   key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype,
                              sharding=NamedSharding(mesh, PartitionSpec()))
 
@@ -220,27 +170,22 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
   jobs = []
   grpo_copy = 0
   if c.mode == "rl":
-    sampler = programs.train_sampler(c, graphdef, (0,), 0)
     P_call = plan.sampler_rows // c.rl.samples_per_prompt
     prompts = (sampler_params, rows((P_call, T), jnp.int32), rows((P_call, T), bool), key)
     # grpo keeps the sampler's copy alive through its micro-steps
     grpo_copy = cast_b if samples_micro_batches(c) else 0
-    jobs.append(("sampler", sampler, prompts, stored + moments + ref_b))
-  jobs.append(("micro_step", learner.micro_step, (params, params, ref, micro_batch),
+    jobs.append(("sampler", progs.sampler, prompts, stored + moments + ref_b))
+  jobs.append(("micro_step", progs.learner.micro_step, (params, params, ref, micro_batch),
                moments + (grpo_copy if c.mode == "rl" else 0)))
-  shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-  apply = jax.jit(learner._apply_fn, donate_argnums=(0, 1), out_shardings=(shardings(params), shardings(opt_state),
-                                                                           None))
-  jobs.append(("apply", apply, (params, opt_state, params), ref_b))
+  jobs.append(("apply", progs.learner.apply_program(params, opt_state), (params, opt_state, params), ref_b))
   if c.eval.before or c.eval.after or c.eval.every:
-    ev = make_sampler(graphdef, programs.eval_sampling_config(c, (0,), 0))
     P_eval = programs.eval_rows(c) // max(int(c.eval.samples), 1)
-    jobs.append(("eval_sampler", ev, (sampler_params, rows((P_eval, T), jnp.int32), rows((P_eval, T), bool), key),
+    jobs.append(("eval_sampler", progs.eval_sampler,
+                 (sampler_params, rows((P_eval, T), jnp.int32), rows((P_eval, T), bool), key),
                  stored + moments + ref_b))
-  if dtype != param_dtype:
-    sc = programs.sampler_cast(c, sampler_sh, learner_sh)
-    jobs.append(("sampler_cast", sc.cast, (params,), moments + ref_b))
-    low = _abstract(jax.eval_shape(sc.cast, params), learner_sh)
+  if progs.cast is not None:
+    jobs.append(("sampler_cast", progs.cast.cast, (params,), moments + ref_b))
+    low = _abstract(jax.eval_shape(progs.cast.cast, params), learner_sh)
     jobs.append(("sampler_gather", (low, sampler_params), None, stored + moments + ref_b))
 
   results, decode = [], None
@@ -262,8 +207,8 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
           step = decode_step_job(fn, args[0], started, key, T, decode_context, compile_one)
           decode = _decode_report(step, chip, cfg, sampler_params, plan.sampler_rows, c.rl.samples_per_prompt, mesh,
                                   T, decode_context)
-      elif isinstance(fn, Sampler):  # the static sampler: one program (a decode step is not costed alone)
-        results.append(compile_one(name, fn._fn, args, resident)[0])
+      elif hasattr(fn, "program"):  # the static sampler: one program (a decode step is not costed alone)
+        results.append(compile_one(name, fn.program, args, resident)[0])
       else:
         results.append(compile_one(name, fn, args, resident)[0] if args is not None else
                        _gather_fit(name, *fn, resident))

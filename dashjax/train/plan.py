@@ -15,7 +15,8 @@ memory on m alone, so each is found at a few sizes and interpolated (memory and 
   `sampling.max_new_tokens`, decode costed at the mean context.
 - `measured` (local devices): the programs are run on random weights at those sizes and timed (random weights
   rarely emit EOS, so rows run to max_new_tokens here too); memory from the same compiles.
-Dash's filtering only shortens backprop, so the plan (all rows kept) is an upper bound on its update.
+Dash's filtering only shortens backprop: its micro-steps are an expectation over how many groups it keeps
+(`choose`), every number equally likely unless a kept fraction is given (`--kept_fraction`, from a run's metrics).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def samples_micro_batches(c) -> bool:
   from dashjax.rl.algorithms import algorithm
 
   return algorithm(c).sampler_rows_field == "train.micro_batch_size"
+
+
+def _filtering(c) -> bool:
+  from dashjax.rl.algorithms import algorithm
+
+  return c.mode == "rl" and bool(algorithm(c).filtering)
 
 
 def is_auto(c) -> bool:
@@ -117,34 +124,51 @@ class Side:
   worst: dict  # size -> the name of the largest program
 
 
+def kept_groups(prompts: int, kept_fraction: float | None) -> np.ndarray:
+  """Probabilities of keeping k = 0..P of an update's P groups under filtering.
+
+  Filtering keeps or drops a group whole (binary rewards: a group's advantages are all zero exactly when its rewards
+  are all equal), each group kept with probability q = `kept_fraction`: k ~ Binomial(P, q). None says nothing is
+  known of q (uniform on [0, 1]), under which every k is equally likely."""
+  if kept_fraction is None:
+    return np.full(prompts + 1, 1.0 / (prompts + 1))
+  q = float(kept_fraction)
+  return np.array([math.comb(prompts, k) * q ** k * (1 - q) ** (prompts - k) for k in range(prompts + 1)])
+
+
 def choose(c, pairs, sampler: Side, learner: Side, apply_s: float, capacity: int, margin: float, source: str,
-           kept_fraction: float = 1.0):
+           kept_fraction: float | None = 1.0):
   """The candidate table and the choice (least update time among those that fit; ties: less memory).
 
-  `kept_fraction`: the share of rows a filtering algorithm (dash) is expected to backprop; the kept rows are packed
-  into ceil(kept x R / m) micro-steps. 1 (no filtering assumed) is an upper bound; a run's metrics.jsonl gives the
-  real figure (`kept_fraction`), about 0.2-0.5 for the main job."""
+  A filtering algorithm (dash) backprops only its kept groups: k of them pack into ceil(k G / m) micro-steps, and
+  an update that keeps none skips its optimizer step. Its update time is the expectation over k (`kept_groups`):
+  `kept_fraction` 1 is the upper bound (no filtering), None an unknown fraction (what a run starts with); a run's
+  metrics.jsonl gives the real figure (`kept_fraction`, about 0.2-0.5 for the main job). `micro_steps` in the
+  table is then an expectation too."""
   G = 1 if c.mode == "sft" else int(c.rl.samples_per_prompt)
-  R = int(c.rl.prompts_per_step) * G
+  P = int(c.rl.prompts_per_step)
+  R = P * G
   passes = int(c.rl.epochs_per_batch)
   applies = int(c.rl.updates_per_batch) * passes
   grpo = samples_micro_batches(c)
   from dashjax.rl.algorithms import algorithm
 
-  kept = float(kept_fraction) if algorithm(c).filtering else 1.0
+  p_k = kept_groups(P, kept_fraction) if algorithm(c).filtering else np.eye(P + 1)[P]  # no filtering: all kept
   limit = (1.0 - margin) * capacity
   rows = []
   for s, m in pairs:
     s_eff = m if grpo else s
     mem_s, mem_m = interpolate(sampler.memory, s_eff), interpolate(learner.memory, m)
     calls = 0 if c.mode == "sft" else R // s_eff
-    steps = passes * max(1, math.ceil(kept * R / m - 1e-9))
+    steps_k = passes * np.ceil(np.arange(P + 1) * G / m - 1e-9)
+    steps, updating = float(p_k @ steps_k), float(p_k[1:].sum())
     update = (calls * interpolate(sampler.seconds, s_eff) + steps * interpolate(learner.seconds, m)
-              + applies * apply_s)
+              + updating * applies * apply_s)
     worst_name = _nearest(sampler.worst, s_eff) if mem_s >= mem_m else _nearest(learner.worst, m)
     rows.append({"sampling.batch_size": s_eff, "train.micro_batch_size": m, "fits": bool(max(mem_s, mem_m) <= limit),
                  "memory_bytes": int(max(mem_s, mem_m)), "worst_program": worst_name, "update_s": float(update),
-                 "sampler_calls": calls, "micro_steps": steps, "source": source})
+                 "sampler_calls": calls, "micro_steps": int(steps) if steps == int(steps) else round(steps, 3),
+                 "source": source})
   ok = [r for r in rows if r["fits"]]
   if not ok:
     smallest = min(rows, key=lambda r: r["memory_bytes"])
@@ -162,10 +186,10 @@ def _nearest(named: dict, x):
 
 
 def plan(c, *, topology: str = "", devices=None, margin: float = MARGIN, progress=None, confirm: bool = False,
-         free: bool = False, kept_fraction: float = 1.0) -> dict:
+         free: bool = False, kept_fraction: float | None = None) -> dict:
   """The planner's report: `choice`, `candidates`, `configured` (the config's own sizes, when set), `source`.
   `free`: plan both sizes whatever the config sets (the config's own sizes are then reported as `configured`)."""
-  from dashjax.parallel.fit import topology_devices
+  from dashjax.train.fit import topology_devices
 
   say = progress or (lambda msg: None)
   if topology:
@@ -179,19 +203,19 @@ def plan(c, *, topology: str = "", devices=None, margin: float = MARGIN, progres
   m_sizes = sorted({m for _, m in pairs})
   t0 = time.perf_counter()
   if devices[0].platform == "tpu":
-    from dashjax.parallel.plan_probe import predicted_sides
+    from dashjax.train.plan_probe import predicted_sides
 
     sampler, learner, apply_s, capacity = predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say)
     source = "predicted"
   else:
-    from dashjax.parallel.plan_probe import measured_sides
+    from dashjax.train.plan_probe import measured_sides
 
     sampler, learner, apply_s, capacity = measured_sides(c, devices, probe_points(s_sizes, MEASURED_POINTS),
                                                          probe_points(m_sizes, MEASURED_POINTS), pairs, say)
     source = "measured"
   rows, best = choose(c, pairs, sampler, learner, apply_s, capacity, margin, source, kept_fraction)
   report = {"choice": {f: best[f] for f in FIELDS}, "candidates": rows, "source": source,
-            "kept_fraction": kept_fraction, "sides": {"sampler": dataclasses.asdict(sampler),
+            "kept_fraction": kept_fraction, "filtering": _filtering(c), "sides": {"sampler": dataclasses.asdict(sampler),
                                                       "learner": dataclasses.asdict(learner)},
             "topology": topology or f"local:{devices[0].platform}", "chips": len(devices),
             "memory_per_chip_bytes": int(capacity), "margin": margin, "apply_s": apply_s,
@@ -201,7 +225,7 @@ def plan(c, *, topology: str = "", devices=None, margin: float = MARGIN, progres
     own = [r for r in rows if all(str(_get(c, f)) == str(r[f]) for f in own_fields)]
     report["configured"] = own[0] if own else None
   if confirm and devices[0].platform == "tpu":
-    from dashjax.parallel.fit import check
+    from dashjax.train.fit import check
 
     say("confirming the choice: every program at the model's size")
     full = check(with_sizes(c, best["sampling.batch_size"], best["train.micro_batch_size"]), devices,
@@ -234,18 +258,27 @@ def format_table(report: dict) -> str:
   pick = report["choice"]
   lines = [f"batch-size plan on {report['topology']} ({report['chips']} chips, {report['memory_per_chip_bytes'] / 2**30:.2f}"
            f" GiB each, {100 * report['margin']:.0f}% kept free); update time {report['source']}"
-           + (" by the TPU compiler's cost model, not a measurement" if report["source"] == "predicted" else ""),
+           + (" by the TPU compiler's cost model, not a measurement" if report["source"] == "predicted" else "")
+           + _kept_note(report),
            f"{'sampler rows':>12} {'micro-batch':>11} {'calls':>6} {'micro-steps':>11} {'GiB/chip':>9} "
            f"{'update s':>10}  {'':6}"]
   for r in rows:
     mark = "<- chosen" if all(r[f] == pick[f] for f in FIELDS) else ("" if r["fits"] else "no fit")
     lines.append(f"{r['sampling.batch_size']:>12} {r['train.micro_batch_size']:>11} {r['sampler_calls']:>6} "
-                 f"{r['micro_steps']:>11} {r['memory_bytes'] / 2**30:>9.2f} {r['update_s']:>10.3f}  {mark}")
+                 f"{r['micro_steps']:>11g} {r['memory_bytes'] / 2**30:>9.2f} {r['update_s']:>10.3f}  {mark}")
   if report.get("configured"):
     own = report["configured"]
     lines.append(f"configured sizes ({own['sampling.batch_size']}, {own['train.micro_batch_size']}): "
                  f"{own['update_s']:.3f} s per update, {'fits' if own['fits'] else 'does not fit'}")
   return "\n".join(lines)
+
+
+def _kept_note(report: dict) -> str:
+  if not report.get("filtering"):
+    return ""
+  q = report.get("kept_fraction")
+  return ("; filtering keeps an unknown share of groups (each number equally likely)" if q is None else
+          f"; filtering keeps {q:.2f} of groups")
 
 
 def speedup(report: dict) -> float | None:
