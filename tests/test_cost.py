@@ -111,3 +111,32 @@ def test_continuous_sampler_on_a_slice_is_listed_split_by_rows_and_costed():
   d = r["decode"]
   assert d["batch"] == 16 and d["rows_per_chip"] == 4 and d["context"] == 48 + 256 and d["chip"] == "v5e"
   assert d["floor_s"] > 0 and d["predicted_over_floor"] == pytest.approx(d["predicted_s"] / d["floor_s"])
+
+
+def test_floor_reference_reads_what_the_floor_counts():
+  """The decode floor written as a program (`fit_reference`), compiled for the local CPU in float32 (XLA:CPU copies
+  bfloat16 operands to float32 for its matmuls): XLA:CPU counts each operand once, with no on-chip staging, so its
+  bytes must be the floor's (the weights once, the prompt's keys and values once per prompt, the generated ones once
+  per row) plus the rows' activations (15% here). Reading the prompt's cache once per row, or the weights twice,
+would add over 50%."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from dashjax.models import ModelConfig, Transformer
+  from dashjax.parallel.mesh import SAMPLER_RULES, make_mesh, param_shardings
+  from dashjax.train.fit import ProgramFit, _compile, per_chip_bytes
+  from dashjax.train.fit_reference import reference_job
+
+  cfg = ModelConfig("qwen2", 1024, 512, 1024, 2, 8, 4, 64, tie_word_embeddings=True)
+  _, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+  mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s), state,
+                        param_shardings(state, mesh, SAMPLER_RULES))
+  rows, samples, prompt_len, context = 16, 4, 192, 256
+  fit = reference_job(params, cfg, mesh, rows, samples, prompt_len, context, _compile)
+  assert isinstance(fit, ProgramFit) and not fit.error
+  kv = (rows // samples * prompt_len + rows * (context - prompt_len)) * kv_bytes_per_token(cfg, 4)
+  floor_bytes = per_chip_bytes(params) + kv
+  print(f"reference {fit.bytes_accessed / 1e6:.2f} MB, floor {floor_bytes / 1e6:.2f} MB (KV {kv / 1e6:.2f})")
+  assert floor_bytes <= fit.bytes_accessed <= 1.2 * floor_bytes

@@ -32,6 +32,7 @@ from dashjax.parallel.mesh import (LEARNER_RULES, SAMPLER_RULES, batch_sharding,
                                    param_shardings)
 from dashjax.sampling.continuous import ContinuousSampler
 from dashjax.train import programs
+from dashjax.train.fit_reference import reference_job
 from dashjax.train.fit_sampler import continuous_jobs, decode_step_job
 from dashjax.train.plan import samples_micro_batches
 
@@ -205,8 +206,14 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
           if progress:
             progress(f"decode_step (context {decode_context})")
           step = decode_step_job(fn, args[0], started, key, T, decode_context, compile_one)
+          reference = None
+          if chip is not None:  # the cost model read against itself: the floor's bytes written as a program
+            if progress:
+              progress("decode_floor_reference")
+            reference = reference_job(sampler_params, cfg, mesh, plan.sampler_rows, c.rl.samples_per_prompt, T,
+                                      decode_context, compile_one)
           decode = _decode_report(step, chip, cfg, sampler_params, plan.sampler_rows, c.rl.samples_per_prompt, mesh,
-                                  T, decode_context)
+                                  T, decode_context, reference)
       elif hasattr(fn, "program"):  # the static sampler: one program (a decode step is not costed alone)
         results.append(compile_one(name, fn.program, args, resident)[0])
       else:
@@ -231,7 +238,7 @@ def check(config, devices=None, *, topology: str = "", programs_wanted=None, pro
 
 
 def _decode_report(step: ProgramFit, chip, model_cfg, sampler_params, rows: int, samples: int, mesh,
-                   prompt_len: int, context: int) -> dict:
+                   prompt_len: int, context: int, reference: ProgramFit | None = None) -> dict:
   """One decode step of the sampler's first bucket (`rows` slots, all live, each at `context` keys) against its
   floor on one chip: the compute-dtype weights it reads (whole per chip in the sampler's layout) plus its rows' KV."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -255,6 +262,12 @@ def _decode_report(step: ProgramFit, chip, model_cfg, sampler_params, rows: int,
   out.update(chip=chip.name, prompts_per_chip=prompts_chip, **floor)
   if step.predicted_s:
     out["predicted_over_floor"] = step.predicted_s / floor["floor_s"]
+  if reference is not None:
+    out["reference"] = {"predicted_s": reference.predicted_s, "bytes_accessed": reference.bytes_accessed,
+                        "flops": reference.flops, "error": reference.error, "compile_s": round(reference.compile_s, 2)}
+    if reference.predicted_s and step.predicted_s:
+      out["reference_over_floor"] = reference.predicted_s / floor["floor_s"]
+      out["predicted_over_reference"] = step.predicted_s / reference.predicted_s
   return out
 
 
@@ -290,4 +303,8 @@ def format_report(report: dict) -> str:
       if d.get("predicted_over_floor"):
         line += f" -> predicted/floor {d['predicted_over_floor']:.2f}"
     lines.append(line)
+    if d.get("predicted_over_reference"):
+      lines.append(f"  the floor's bytes as a program (decode_floor_reference): predicted "
+                   f"{1e3 * d['reference']['predicted_s']:.3f} ms, {d['reference_over_floor']:.2f}x the floor in this "
+                   f"cost model; decode step / reference {d['predicted_over_reference']:.2f}")
   return "\n".join(lines)
