@@ -40,6 +40,29 @@ def test_one_matmul_reads_its_weight_once_at_v5e_bandwidth():
   assert cost["predicted_s"] == pytest.approx(operands / chip.bandwidth, rel=0.3)
 
 
+def test_a_weight_prefetched_on_chip_is_counted_several_times():
+  """The premise of `fit_reference`: on one v5e chip, a [32, 896] x [896, 4864] bfloat16 matmul (a layer's MLP
+  matrix, small enough to prefetch into on-chip memory) is counted at several times its bytes, while a matrix too
+  large to stage ([896, 151936], the LM head) is counted once. If libtpu's cost model stops doing this, the decode
+  floor can be compared with the compiler's prediction directly."""
+  _needs_libtpu()
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  from dashjax.train.fit import topology_devices
+
+  sh = NamedSharding(Mesh(np.array(topology_devices("v5e:2x2")[:1]), ("x",)), PartitionSpec())
+  counted = {}
+  for n in (4864, 151936):
+    a = jax.ShapeDtypeStruct((32, 896), jnp.bfloat16, sharding=sh)
+    w = jax.ShapeDtypeStruct((896, n), jnp.bfloat16, sharding=sh)
+    c = jax.jit(lambda a, w: a @ w).lower(a, w).compile()
+    counted[n] = c.cost_analysis()["bytes accessed"] / (896 * n * 2)
+  assert counted[4864] > 3.0 and counted[151936] < 1.2, counted
+
+
 def test_decode_floor_arithmetic():
   """0.5B-like: 1e9 weight bytes, 32 rows of 8 prompts at 1024 keys (256 of prompt), 12288 KV bytes per token."""
   cfg = types.SimpleNamespace(num_layers=24, num_kv_heads=2, head_dim=64)
@@ -111,6 +134,12 @@ def test_continuous_sampler_on_a_slice_is_listed_split_by_rows_and_costed():
   d = r["decode"]
   assert d["batch"] == 16 and d["rows_per_chip"] == 4 and d["context"] == 48 + 256 and d["chip"] == "v5e"
   assert d["floor_s"] > 0 and d["predicted_over_floor"] == pytest.approx(d["predicted_s"] / d["floor_s"])
+  # The floor's bytes as a program, costed by the same model: the decode step against it.
+  ref = d["reference"]
+  assert not ref["error"] and ref["predicted_s"] > 0
+  assert d["predicted_over_reference"] == pytest.approx(d["predicted_s"] / ref["predicted_s"])
+  print(f"decode/floor {d['predicted_over_floor']:.2f}, reference/floor {d['reference_over_floor']:.2f}, "
+        f"decode/reference {d['predicted_over_reference']:.2f}")
 
 
 def test_floor_reference_reads_what_the_floor_counts():

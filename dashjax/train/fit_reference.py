@@ -51,15 +51,16 @@ def floor_reference(weights, h_BxW, k_prompt, v_prompt, k_gen, v_gen, samples: i
   # per layer, keys [rows, kv head, dim, key] and values [rows, kv head, key, dim]: each matmul's operand in the
   # order a batched matmul reads it (no backend copies a cache to transpose it), one array per layer (a slice of a
   # stacked cache is counted as a read of the whole stack by some backends)
-  P, KH, D, _ = k_prompt[0].shape
   for layer in range(len(k_prompt)):
+    P, KH, D, _ = k_prompt[layer].shape
     q = h[:, :KH * D].reshape(B, KH, D).astype(k_gen[layer].dtype)
     qp = q.reshape(P, samples, KH, D).transpose(0, 2, 1, 3)  # [prompt, head, sample, dim]
     s_prompt = jnp.einsum("pkgd,pkdt->pkgt", qp, k_prompt[layer], preferred_element_type=jnp.float32)
     o_prompt = jnp.einsum("pkgt,pktd->pkgd", s_prompt.astype(v_prompt[layer].dtype), v_prompt[layer],
                           preferred_element_type=jnp.float32)
     s_gen = jnp.einsum("bkd,bkdt->bkt", q, k_gen[layer], preferred_element_type=jnp.float32)
-    o_gen = jnp.einsum("bkt,bktd->bkd", s_gen.astype(v_gen[layer].dtype), v_gen[layer], preferred_element_type=jnp.float32)
+    o_gen = jnp.einsum("bkt,bktd->bkd", s_gen.astype(v_gen[layer].dtype), v_gen[layer],
+                       preferred_element_type=jnp.float32)
     total = jnp.sum(o_prompt, axis=(1, 3)).reshape(B) + jnp.sum(o_gen, axis=(1, 2))
     h = h * (1.0 + 1e-6 * total[:, None]).astype(h.dtype)
   return jnp.sum(h.astype(jnp.float32), axis=-1)
@@ -75,7 +76,10 @@ def reference_job(sampler_params, model_cfg, mesh, rows: int, samples: int, prom
   width = max(min(math.prod(w.shape[:-1]), w.shape[-1]) for w in weights if w.ndim > 1)
   width = max(width, cfg.num_kv_heads * cfg.head_dim)
   axes = row_axes_for(mesh, rows // samples)  # whole prompts per chip, as the sampler splits its rows
-  split = lambda lead, ndim: NamedSharding(mesh, PartitionSpec(*([None] * lead), axes, *([None] * (ndim - lead - 1))))  # noqa: E731
+
+  def split(lead, ndim):  # rows on dimension `lead`, split as the sampler's
+    return NamedSharding(mesh, PartitionSpec(*([None] * lead), axes, *([None] * (ndim - lead - 1))))
+
   gen = max(context - prompt_len, 1)
   P = rows // samples
   keys = lambda n, t: [jax.ShapeDtypeStruct((n, cfg.num_kv_heads, cfg.head_dim, t), dtype,  # noqa: E731

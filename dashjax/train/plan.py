@@ -215,8 +215,8 @@ def plan(c, *, topology: str = "", devices=None, margin: float = MARGIN, progres
     source = "measured"
   rows, best = choose(c, pairs, sampler, learner, apply_s, capacity, margin, source, kept_fraction)
   report = {"choice": {f: best[f] for f in FIELDS}, "candidates": rows, "source": source,
-            "kept_fraction": kept_fraction, "filtering": _filtering(c), "sides": {"sampler": dataclasses.asdict(sampler),
-                                                      "learner": dataclasses.asdict(learner)},
+            "kept_fraction": kept_fraction, "filtering": _filtering(c),
+            "sides": {"sampler": dataclasses.asdict(sampler), "learner": dataclasses.asdict(learner)},
             "topology": topology or f"local:{devices[0].platform}", "chips": len(devices),
             "memory_per_chip_bytes": int(capacity), "margin": margin, "apply_s": apply_s,
             "plan_s": round(time.perf_counter() - t0, 1), "configured": None}

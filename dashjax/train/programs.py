@@ -133,7 +133,8 @@ class Programs:
                                                        self.new_tokens).items()}
 
 
-def build(config, plan, graphdef, mesh, learner_shardings, sampler_shardings, eos_ids=(0,), pad_id: int = 0) -> Programs:
+def build(config, plan, graphdef, mesh, learner_shardings, sampler_shardings, eos_ids=(0,),
+          pad_id: int = 0) -> Programs:
   """Every program of a run of `config` with batch plan `plan` (`config.validate`). Nothing is compiled here: each
   jitted function compiles on its first call, or is lowered by the fit check."""
   opt = optimizer(config, plan)
