@@ -85,6 +85,11 @@ def test_update_time_memory_and_choice_from_the_two_axes():
   fitting = [r for r in rows if r["fits"]]
   assert best["update_s"] == min(r["update_s"] for r in fitting)
   assert (best["sampling.batch_size"], best["train.micro_batch_size"]) == (16, 4)  # 2.6 + 0.68 x 0.6 + 0.34
+  # A learner whose two compiles came out falling with rows: no larger micro-batch is taken to need less.
+  falling = Side(memory={1: 6 * GiB, 16: 4 * GiB}, seconds=learner.seconds, worst=learner.worst)
+  rows, _ = size_plan.choose(c, pairs, sampler, falling, apply_s=0.5, capacity=20 * GiB, margin=0.1,
+                             source="measured")
+  assert min(r["memory_bytes"] for r in rows) == 6 * GiB
   # Kept fraction unknown (a run's start): every number of kept groups 0..4 equally likely.
   rows, _ = size_plan.choose(c, pairs, sampler, learner, apply_s=0.5, capacity=20 * GiB, margin=0.1,
                              source="measured", kept_fraction=None)
@@ -111,6 +116,12 @@ def test_interpolation_and_probe_points():
   assert size_plan.probe_points([1, 2, 4, 8, 16, 32, 64, 128, 256], 4)[::3] == [1, 256]
   assert len(size_plan.probe_points([1, 2, 4, 8, 16, 32, 64, 128, 256], 4)) == 4
   assert size_plan.probe_points([8, 4], 4) == [4, 8]
+  # Memory never falls with rows: v6e's micro-step compiled at 4 and 8 rows came out 3.688 and 3.679 GB, and the
+  # line through them fell with rows (3.1 GB at 256).
+  v6e = {4: 3.688e9, 8: 3.679e9}
+  assert size_plan.interpolate(v6e, 256) < 3.2e9
+  assert size_plan.memory_at(v6e, 256) == 3.688e9 and size_plan.memory_at(v6e, 8) == 3.688e9
+  assert size_plan.memory_at({4: 1.0, 16: 4.0}, 32) == pytest.approx(8.0)  # rising memory is extrapolated as before
 
 
 def test_tpu_cost_and_memory_are_affine_in_layers():

@@ -116,6 +116,13 @@ def interpolate(points: dict, x: float) -> float:
   return points[x0] + (x - x0) * (points[x1] - points[x0]) / (x1 - x0)
 
 
+def memory_at(points: dict, x: float) -> float:
+  """`interpolate` for memory, never below what a smaller size needed: the same program on more rows holds at least
+  as much (two compiles of small sizes can come out equal or reversed, and a line through them would then fall)."""
+  floor = max((v for k, v in points.items() if k <= x), default=0.0)
+  return max(interpolate(points, x), floor)
+
+
 @dataclasses.dataclass
 class Side:
   """One axis (the sampler's rows or the micro-batch) at its probed sizes: memory per chip and seconds."""
@@ -158,7 +165,7 @@ def choose(c, pairs, sampler: Side, learner: Side, apply_s: float, capacity: int
   rows = []
   for s, m in pairs:
     s_eff = m if grpo else s
-    mem_s, mem_m = interpolate(sampler.memory, s_eff), interpolate(learner.memory, m)
+    mem_s, mem_m = memory_at(sampler.memory, s_eff), memory_at(learner.memory, m)
     calls = 0 if c.mode == "sft" else R // s_eff
     steps_k = passes * np.ceil(np.arange(P + 1) * G / m - 1e-9)
     steps, updating = float(p_k @ steps_k), float(p_k[1:].sum())
