@@ -78,7 +78,9 @@ def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
         raise PlanError(f"the TPU cost model gave no time for the sampler at {s} rows "
                         f"({start.get('error') or (r.get('decode') or {}).get('error') or 'no cost analysis'})")
       raw["s", s, layers] = (mem[worst], start["predicted_s"] + (N - 1) * step, worst)
-    for m in sorted(m_sizes)[:PREDICTED_POINTS]:  # the smallest compile fastest; larger ones are extrapolated
+    # Memory at the smallest and the largest micro-batch: between two small ones the compiler's buffers can come out
+    # flat or even falling (v4, v6e), and a line through them says nothing of 256 rows.
+    for m in dict.fromkeys(_ends(m_sizes)):
       ps, pm = _pair_with(pairs, m=m)
       say(f"micro-step memory at {m} rows, {layers} layers")
       mem = check(with_sizes(c, ps, pm), topology=topology, programs_wanted=("micro_step",),
@@ -103,16 +105,16 @@ def predicted_sides(c, topology, devices, s_sizes, m_sizes, pairs, say):
     say(f"optimizer step, {layers} layer(s)")
     r = check(cc, topology=topology, programs_wanted=("apply", "sampler_cast"), model_cfg=cfg_l)
     apply_l[layers] = sum(p["predicted_s"] or 0.0 for p in r["programs"].values())
-  for (axis, size, layers), (b, _, w) in list(raw.items()):
-    if axis == "m":
-      raw[axis, size, layers] = (b, _extrapolate({k: micro_l[size, k] for k in (1, 2)}, layers), w)
   for (axis, size, layers), _ in list(raw.items()):
     if layers != counts[0]:
       continue
     side = sampler if axis == "s" else learner
     side["memory"][size] = _extrapolate({k: raw[axis, size, k][0] for k in counts}, L)
-    side["seconds"][size] = _extrapolate({k: raw[axis, size, k][1] for k in counts}, L)
+    if axis == "s":
+      side["seconds"][size] = _extrapolate({k: raw[axis, size, k][1] for k in counts}, L)
     side["worst"][size] = raw[axis, size, counts[-1]][2]
+  for m in sorted(m_sizes)[:PREDICTED_POINTS]:  # the micro-step's time: the smallest sizes (they compile fastest)
+    learner["seconds"][m] = _extrapolate({k: micro_l[m, k] for k in (1, 2)}, L)
   if grpo or c.mode == "sft":  # grpo: the sampler side is indexed by its micro-batch; sft has no sampler call
     sampler = sampler if sampler["memory"] else {"memory": {1: 0.0}, "seconds": {1: 0.0}, "worst": {1: "-"}}
   return Side(**sampler), Side(**learner), _extrapolate(apply_l, L), chip_memory(devices[0])
