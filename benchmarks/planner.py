@@ -95,8 +95,7 @@ def main(argv=None):
   import jax
 
   pairs = size_plan.allowed(auto, len(jax.devices()))
-  sides = [size_plan.Side(**{k: {int(x): v for x, v in d.items()} for k, d in report["sides"][n].items()})
-           for n in ("sampler", "learner")]
+  sides = [size_plan.Side(**report["sides"][n]) for n in ("sampler", "learner")]
   told = {"recorded": recorded_kept_fraction(), "none filtered": 1.0}
   other = {}
   for name, q in told.items():

@@ -158,9 +158,7 @@ def choose(c, pairs, sampler: Side, learner: Side, apply_s: float, capacity: int
   passes = int(c.rl.epochs_per_batch)
   applies = int(c.rl.updates_per_batch) * passes
   grpo = samples_micro_batches(c)
-  from dashjax.rl.algorithms import algorithm
-
-  p_k = kept_groups(P, kept_fraction) if algorithm(c).filtering else np.eye(P + 1)[P]  # no filtering: all kept
+  p_k = kept_groups(P, kept_fraction) if _filtering(c) else np.eye(P + 1)[P]  # no filtering: all kept
   limit = (1.0 - margin) * capacity
   rows = []
   for s, m in pairs:
